@@ -1,0 +1,346 @@
+"""The zoo catalogue: every zoo is a declarative spec file, every model's hyperparameters follow from it.
+
+A spec is a TOML file (``modelzoos/zoos/<name>.toml`` for the published zoos); a user's zoo is a spec
+file whose path is accepted wherever a zoo name is. A spec may ``extends = "<zoo>"`` another and then
+states only what differs (the [data] and [grid] tables are merged key by key, other fields replaced).
+
+Enumeration (a public contract: ``model_id`` is the position in it):
+``itertools.product(replicates, init, activation, optimizer, lr, weight_decay, dropout)``, the
+replicate axis outermost, each axis in the order written in the spec. The replicate axis gives seeds:
+``seeds = {range = [a, b]}`` uses a..b (the seed zoos' 1..1000, Hyp-10-fix's 1..10);
+``seeds = {random = R, low = 0, high = 1000000, draw_seed = S}`` gives every model its own seed
+drawn with ``numpy.random.default_rng(S).integers(low, high, size=n_models)`` (Hyp-10-rand, where the
+original let Ray Tune draw a fresh seed for every trial, protocol §5.3).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import itertools
+import math
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from modelzoos import architectures
+from modelzoos.data import DATASETS, DataRecipe, dataset_info
+
+SPEC_DIR = Path(__file__).parent / "zoos"
+CONFIGS = ("seed", "hyp_rand", "hyp_fix")
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "onecycle")
+GRID_AXES = ("init", "activation", "optimizer", "lr", "weight_decay", "dropout")
+TWIN_EPOCHS = 25  # sparsified twins: 25 epochs per model (protocol §8)
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+
+
+class SpecError(ValueError):
+    """A zoo spec (name or file) is invalid; the message names the file, the field and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The complete hyperparameters of one model of a zoo."""
+
+    model_id: int
+    seed: int
+    init: str
+    activation: str
+    optimizer: str  # "adam" (coupled L2) | "sgd" (momentum 0.9; OneCycle cycles it 0.95↔0.85)
+    lr: float  # learning rate; with OneCycle the peak (max_lr)
+    weight_decay: float  # coupled L2 coefficient
+    dropout: float  # drop probability
+    batch_size: int
+    epochs: int
+    schedule: str  # "constant" | "onecycle" (stepped per batch)
+
+
+@dataclass(frozen=True)
+class Zoo:
+    """One zoo: its data recipe, architecture, training protocol and grid. Built by ``get_zoo``."""
+
+    name: str
+    description: str
+    dataset: str
+    architecture: str
+    config: str  # "seed" | "hyp_rand" | "hyp_fix" (or a user's own word)
+    data: DataRecipe
+    epochs: int
+    batch_size: int
+    schedule: str
+    grid: dict[str, tuple]  # axis name → values, in GRID_AXES order
+    seeds: dict  # {"range": [a, b]} or {"random": R, "low": .., "high": .., "draw_seed": ..}
+    paper_counts_epoch0: bool = True  # the paper counts ResNet states without epoch 0 (protocol §1.1)
+    source: str = ""  # the original experiment directory
+    notes: tuple[str, ...] = ()  # documented deviations and clarifications
+    path: str = field(default="", compare=False)
+
+    # -- derived counts ---------------------------------------------------------------------------------
+    @property
+    def replicates(self) -> int:
+        if "range" in self.seeds:
+            a, b = self.seeds["range"]
+            return b - a + 1
+        return int(self.seeds["random"])
+
+    @property
+    def num_models(self) -> int:
+        return self.replicates * math.prod(len(v) for v in self.grid.values())
+
+    @property
+    def stored_states(self) -> int:
+        """States written per zoo: epochs 0..E for every model."""
+        return self.num_models * (self.epochs + 1)
+
+    @property
+    def states(self) -> int:
+        """States as the paper counts them (ResNet zoos without epoch 0)."""
+        return self.num_models * (self.epochs + (1 if self.paper_counts_epoch0 else 0))
+
+    @property
+    def twin_states(self) -> int:
+        return self.num_models * TWIN_EPOCHS
+
+    @property
+    def in_channels(self) -> int:
+        return self.data.channels
+
+    @property
+    def num_classes(self) -> int:
+        return dataset_info(self.dataset).num_classes
+
+    @property
+    def parameters(self) -> int:
+        return self.layout.num_parameters
+
+    @property
+    def layout(self) -> architectures.Layout:
+        return _layout(self.architecture, self.in_channels, self.num_classes)
+
+    # -- models -----------------------------------------------------------------------------------------
+    def models(self) -> list[ModelConfig]:
+        """Every model of the zoo, in model_id order (see the module docstring)."""
+        axes = [self.grid[a] for a in GRID_AXES]
+        combos = list(itertools.product(range(self.replicates), *axes))
+        if "range" in self.seeds:
+            seeds = [self.seeds["range"][0] + r for r, *_ in combos]
+        else:
+            rng = np.random.default_rng(self.seeds["draw_seed"])
+            seeds = rng.integers(self.seeds["low"], self.seeds["high"], size=len(combos)).tolist()
+        return [
+            ModelConfig(i, int(seed), init, act, opt, float(lr), float(wd), float(p), self.batch_size,
+                        self.epochs, self.schedule)
+            for i, (seed, (_, init, act, opt, lr, wd, p)) in enumerate(zip(seeds, combos, strict=True))
+        ]
+
+    def summary(self) -> dict:
+        """The catalogue row of ``modelzoos zoos --json``."""
+        return {
+            "name": self.name, "dataset": self.dataset, "architecture": self.architecture,
+            "config": self.config, "models": self.num_models, "epochs": self.epochs,
+            "states": self.states, "stored_states": self.stored_states, "twin_states": self.twin_states,
+            "parameters": self.parameters, "input": [self.in_channels, self.data.size, self.data.size],
+            "classes": self.num_classes, "source": self.source, "description": self.description,
+        }
+
+    def to_dict(self) -> dict:
+        """The resolved spec as plain JSON-able data (written into zoo.json); ``from_dict`` inverts it."""
+        d = asdict(self)
+        d.pop("path")
+        d["grid"] = {k: list(v) for k, v in self.grid.items()}
+        d["data"] = asdict(self.data)
+        d["notes"] = list(self.notes)
+        return d
+
+    @classmethod
+    def from_dict(cls, raw: dict, origin: str = "<dict>") -> Zoo:
+        return _parse(dict(raw), origin)
+
+
+@cache
+def _layout(architecture: str, in_channels: int, num_classes: int) -> architectures.Layout:
+    model = architectures.build_model(architecture, in_channels=in_channels, num_classes=num_classes,
+                                      activation="relu")
+    return architectures.Layout.of(model)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parsing and validation
+# ---------------------------------------------------------------------------------------------------------
+
+_FIELDS = {"name", "description", "dataset", "architecture", "config", "data", "epochs", "batch_size",
+           "schedule", "grid", "seeds", "paper_counts_epoch0", "source", "notes"}
+
+
+def _fail(origin: str, msg: str) -> SpecError:
+    return SpecError(f"{origin}: {msg}")
+
+
+def _parse(raw: dict, origin: str) -> Zoo:
+    unknown = set(raw) - _FIELDS
+    if unknown:
+        raise _fail(origin, f"unknown field(s) {sorted(unknown)}; valid fields: {sorted(_FIELDS)}")
+    missing = {"name", "architecture", "config", "data", "epochs", "batch_size", "grid", "seeds"} - set(raw)
+    if missing:
+        raise _fail(origin, f"missing field(s) {sorted(missing)}")
+    name = raw["name"]
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise _fail(origin, f"name {name!r} must be lowercase letters, digits and underscores")
+    try:
+        data = DataRecipe.from_dict(raw["data"])
+    except (ValueError, TypeError) as err:
+        raise _fail(origin, f"[data]: {err}") from err
+    if raw.get("dataset", data.dataset) != data.dataset:
+        raise _fail(origin, f"dataset {raw['dataset']!r} differs from data.dataset {data.dataset!r}")
+    arch = raw["architecture"]
+    if arch not in architectures.ARCHITECTURES:
+        raise _fail(origin, f"architecture {arch!r} unknown; valid: {sorted(architectures.ARCHITECTURES)}")
+    for key in ("epochs", "batch_size"):
+        if not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 1:
+            raise _fail(origin, f"{key} must be a positive integer, got {raw[key]!r}")
+    schedule = raw.get("schedule", "constant")
+    if schedule not in SCHEDULES:
+        raise _fail(origin, f"schedule {schedule!r} unknown; valid: {list(SCHEDULES)}")
+    grid = _parse_grid(raw["grid"], origin)
+    seeds = _parse_seeds(raw["seeds"], origin)
+    return Zoo(
+        name=name, description=raw.get("description", ""), dataset=data.dataset, architecture=arch,
+        config=raw["config"], data=data, epochs=raw["epochs"], batch_size=raw["batch_size"],
+        schedule=schedule, grid=grid, seeds=seeds,
+        paper_counts_epoch0=bool(raw.get("paper_counts_epoch0", True)), source=raw.get("source", ""),
+        notes=tuple(raw.get("notes", ())), path=origin,
+    )
+
+
+def _parse_grid(grid: dict, origin: str) -> dict[str, tuple]:
+    if not isinstance(grid, dict) or set(grid) != set(GRID_AXES):
+        got = sorted(grid) if isinstance(grid, dict) else grid
+        raise _fail(origin, f"[grid] must list exactly the axes {list(GRID_AXES)}, got {got}")
+    valid = {"init": architectures.INITS, "activation": architectures.ACTIVATIONS, "optimizer": OPTIMIZERS}
+    out = {}
+    for axis in GRID_AXES:
+        values = grid[axis]
+        if not isinstance(values, list) or not values:
+            raise _fail(origin, f"grid.{axis} must be a non-empty list, got {values!r}")
+        for v in values:
+            if axis in valid and v not in valid[axis]:
+                raise _fail(origin, f"grid.{axis} value {v!r} unknown; valid: {sorted(valid[axis])}")
+            if axis in ("lr", "weight_decay", "dropout"):
+                ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                if not ok or (axis == "lr" and v == 0) or (axis == "dropout" and v >= 1):
+                    bounds = {"lr": "> 0", "weight_decay": ">= 0", "dropout": "in [0, 1)"}[axis]
+                    raise _fail(origin, f"grid.{axis} value {v!r} invalid: must be a number {bounds}")
+        out[axis] = tuple(values)
+    return out
+
+
+def _parse_seeds(seeds: dict, origin: str) -> dict:
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if isinstance(seeds, dict) and set(seeds) == {"range"}:
+        r = seeds["range"]
+        if isinstance(r, list) and len(r) == 2 and all(map(is_int, r)) and 0 <= r[0] <= r[1]:
+            return {"range": list(r)}
+    if (isinstance(seeds, dict) and set(seeds) == {"random", "low", "high", "draw_seed"}
+            and all(map(is_int, seeds.values())) and seeds["random"] > 0 and 0 <= seeds["low"] < seeds["high"]):
+        return dict(seeds)
+    raise _fail(origin, f"seeds {seeds!r} invalid; use {{range = [first, last]}} or "
+                        "{random = R, low = 0, high = 1000000, draw_seed = S}")
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """``override`` on top of ``base``: the [data] and [grid] tables key by key, everything else whole."""
+    out = base | override
+    for table in ("data", "grid"):
+        if isinstance(base.get(table), dict) and isinstance(override.get(table), dict):
+            out[table] = base[table] | override[table]
+    return out
+
+
+def _read_spec(path: Path) -> dict:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"{path}: not valid TOML: {err}") from err
+    if "extends" in raw:
+        base = raw.pop("extends")
+        raw = _merge(_read_spec(_spec_path(base)), raw)
+    return raw
+
+
+def _spec_path(name: str) -> Path:
+    path = SPEC_DIR / f"{name}.toml"
+    if not path.exists():
+        raise unknown_zoo(name)
+    return path
+
+
+def unknown_zoo(name: str) -> SpecError:
+    close = difflib.get_close_matches(name, zoo_names(), n=5, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return SpecError(f"unknown zoo {name!r}{hint} (`modelzoos zoos` lists all; a path to a .toml spec works too)")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Lookup
+# ---------------------------------------------------------------------------------------------------------
+
+
+_GRAMMAR = re.compile(r"^([a-z0-9]+)_(cnn_m|cnn|resnet18)_(seed|hyp_rand|hyp_fix)$")
+
+
+def _order(name: str) -> tuple:
+    """Table order: dataset, then architecture, then config; names off the grammar go last."""
+    match = _GRAMMAR.match(name)
+    if not match or match[1] not in DATASETS:
+        return (len(DATASETS), 0, 0, name)
+    return (DATASETS.index(match[1]), ("cnn", "cnn_m", "resnet18").index(match[2]), CONFIGS.index(match[3]), name)
+
+
+def zoo_names() -> list[str]:
+    """Names of the catalogued zoos (the 27 published and the offline digits zoos), in table order."""
+    return sorted((p.stem for p in SPEC_DIR.glob("*.toml")), key=_order)
+
+
+def get_zoo(name_or_path: str | Path) -> Zoo:
+    """The zoo of a catalogue name or of a spec file path (``*.toml``)."""
+    text = str(name_or_path)
+    if text.endswith(".toml") or Path(text).is_file():
+        path = Path(text)
+        if not path.is_file():
+            raise SpecError(f"spec file {path} does not exist")
+        return _parse(_read_spec(path), str(path))
+    return _get_named(text)
+
+
+@cache
+def _get_named(name: str) -> Zoo:
+    path = _spec_path(name)
+    zoo = _parse(_read_spec(path), str(path))
+    if zoo.name != name:
+        raise SpecError(f"{path}: name {zoo.name!r} differs from the file name")
+    return zoo
+
+
+def list_zoos(pattern: str = "*", published: bool | None = None) -> list[Zoo]:
+    """Catalogued zoos whose name matches the wildcard ``pattern``; ``published`` filters the 27."""
+    zoos = [get_zoo(n) for n in zoo_names() if fnmatch.fnmatch(n, pattern)]
+    if published is not None:
+        zoos = [z for z in zoos if (z.dataset != "digits") == published]
+    return zoos
+
+
+def totals(zoos: list[Zoo]) -> dict[str, int]:
+    return {
+        "zoos": len(zoos),
+        "models": sum(z.num_models for z in zoos),
+        "states": sum(z.states for z in zoos),
+        "stored_states": sum(z.stored_states for z in zoos),
+        "states_with_twins": sum(z.states + z.twin_states for z in zoos),
+    }

@@ -1,0 +1,622 @@
+"""Image datasets of the model zoos: read once, preprocess once, split, cache (protocol §3).
+
+A zoo declares a ``DataRecipe``; ``load_image_data(recipe)`` turns the raw dataset into normalised
+float32 tensors ``[N, C, size, size]`` for the train / val / test splits (``ImageData``).
+
+Reading goes through torchvision's dataset classes (MNIST, FashionMNIST, SVHN, USPS, CIFAR10,
+CIFAR100, STL10) and a small ``TinyImageNet`` folder reader, each with torchvision's on-disk layout
+under one data root (``DatasetInfo.files``). Preprocessing follows the protocol's order on whole
+uint8 batches: grayscale (Pillow's ITU-R 601-2 luma) → resize or center crop to ``size`` → float in
+[0, 1] (× ``pixel_scale``) → Normalize(mean, std). The result equals torchvision's PIL pipeline
+(``Grayscale(1)``, ``Resize``/``CenterCrop``, ``ToTensor``, ``Normalize``) bit for bit: ``Resize`` is
+Pillow's antialiased bilinear filter, reproduced here with its fixed-point arithmetic (torch's own
+uint8 antialiased ``interpolate`` is off by up to 2/255 on some pixels).
+
+Splits: the official train split is cut with ``torch.utils.data.random_split(range(n),
+[train_size, n - train_size], generator=torch.Generator().manual_seed(split_seed))`` and the index
+order that ``random_split`` returns is kept. The original zoos then materialised every split through
+a DataLoader shuffled by the *unseeded* global RNG, so their sample order cannot be reproduced; we
+add no extra shuffle, which makes the tensors a pure function of the recipe (``ImageData.sha256``
+records them). The official test split is the test set (for Tiny-ImageNet: its official val split;
+Tiny-ImageNet has no val split).
+
+``digits`` is the offline default: scikit-learn's bundled 1,797 8×8 digits (values 0..16, divided by
+16, then resized like float tensors in torchvision: ``interpolate(bilinear, antialias=True)``). It has
+no official test split, so all images are split 70/15/15 = [1257, 270, 270] with the same
+``random_split`` call; it needs no data root and is never cached.
+
+Errors: raw files missing (or failing torchvision's checksum) → ``DataNotFoundError``, a
+``FileNotFoundError`` naming the dataset, the expected files, the CLI's ``--data-root DIR`` and
+``--download`` / ``download=True``. A cache file that cannot be read or does not match its hash →
+``DataCacheError`` (a ``RuntimeError``) naming the file to delete.
+
+Cache: ``<root>/modelzoos-cache/<dataset>-<recipe hash>.safetensors`` holds the splits (tensors
+``train.images``, ``train.labels``, ``val.*``, ``test.*``) and, as metadata, the recipe JSON and the
+content hash; it is written atomically and re-verified against that hash on every load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch.utils.data import random_split
+from torchvision import datasets as tvd
+from torchvision.datasets.utils import download_and_extract_archive, verify_str_arg
+
+__all__ = [
+    "AUGMENTS",
+    "DATASETS",
+    "GEOMETRIES",
+    "PIXEL_SCALES",
+    "DataCacheError",
+    "DataNotFoundError",
+    "DataRecipe",
+    "DatasetInfo",
+    "ImageData",
+    "Split",
+    "TinyImageNet",
+    "cache_path",
+    "dataset_info",
+    "default_data_root",
+    "load_image_data",
+]
+
+log = logging.getLogger(__name__)
+
+GEOMETRIES = ("native", "resize", "center_crop")
+AUGMENTS = ("none", "crop_flip", "flip_rotate")
+PIXEL_SCALES = (1.0, 255.0)
+DIGITS_SPLIT = (1257, 270, 270)  # train / val / test of the 1,797 scikit-learn digits (70/15/15)
+CACHE_DIR = "modelzoos-cache"
+CACHE_FORMAT = "modelzoos.image-data/1"
+_SPLITS = ("train", "val", "test")
+_CHUNK = 4096  # images preprocessed at a time; only peak memory depends on it
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The one reader torchvision lacks
+# ---------------------------------------------------------------------------------------------------------
+
+
+class TinyImageNet(tvd.VisionDataset):
+    """`Tiny-ImageNet-200 <http://cs231n.stanford.edu/tiny-imagenet-200.zip>`_: 64×64 RGB, 200 classes.
+
+    Args:
+        root (str or Path): directory holding ``tiny-imagenet-200/``.
+        split (str): "train" (``train/<wnid>/images/*.JPEG``, 100,000 images, in (wnid, file name)
+            order) or "val" (``val/images/*.JPEG`` labelled by ``val/val_annotations.txt``, 10,000
+            images, in annotation-file order).
+        transform, target_transform (callable, optional): applied by ``__getitem__`` to the PIL image
+            and the label.
+        download (bool): fetch and unpack the official zip if ``wnids.txt`` is missing.
+
+    ``data`` is uint8 [N, 64, 64, 3] (the few grayscale JPEGs are converted to RGB by Pillow);
+    ``targets[i]`` is the index of the image's wnid in *sorted* ``wnids.txt``.
+    """
+
+    base_folder = "tiny-imagenet-200"
+    url = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+    md5 = "90528d7ca1a48142e341f4ef8d21d0de"
+    splits = ("train", "val")
+    image_size = 64
+
+    def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None,
+                 target_transform: Callable | None = None, download: bool = False) -> None:
+        super().__init__(root, transform=transform, target_transform=target_transform)
+        self.split = verify_str_arg(split, "split", self.splits)
+        folder = Path(self.root, self.base_folder)
+        if download and not (folder / "wnids.txt").is_file():
+            download_and_extract_archive(self.url, self.root, md5=self.md5)
+        if not (folder / "wnids.txt").is_file() or not (folder / split).is_dir():
+            raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
+        self.classes = sorted((folder / "wnids.txt").read_text().split())
+        label = {wnid: i for i, wnid in enumerate(self.classes)}
+        if split == "train":
+            files = sorted(folder.glob("train/*/images/*.JPEG"))
+            wnids = [f.parent.parent.name for f in files]
+        else:
+            annotations = (folder / "val" / "val_annotations.txt").read_text().splitlines()
+            rows = [line.split("\t")[:2] for line in annotations if line.strip()]
+            files = [folder / "val" / "images" / name for name, _ in rows]
+            wnids = [wnid for _, wnid in rows]
+        if not files:
+            raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
+        self.targets = [label[w] for w in wnids]
+        self.data = np.stack([self._read_rgb(f) for f in files])
+
+    def _read_rgb(self, path: Path) -> np.ndarray:
+        with Image.open(path) as img:
+            rgb = np.asarray(img.convert("RGB"))
+        if rgb.shape != (self.image_size, self.image_size, 3):
+            raise ValueError(f"{path}: expected a {self.image_size}×{self.image_size} image, got {rgb.shape}")
+        return rgb
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        img, target = Image.fromarray(self.data[index]), self.targets[index]
+        if self.transform is not None:
+            img = self.transform(img)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def extra_repr(self) -> str:
+        return f"Split: {self.split}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The datasets
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A raw image dataset: how it is read and what it looks like before preprocessing."""
+
+    num_classes: int
+    channels: int  # native channels of the raw images (1 or 3)
+    size: int  # native H = W in pixels
+    files: tuple[str, ...]  # what must exist under the data root (torchvision's layout)
+    reader: type[tvd.VisionDataset] | None  # None: built in (digits)
+    train_args: Mapping[str, Any]  # reader keyword arguments of the official train split
+    test_args: Mapping[str, Any]  # ... and of the official test split
+    layout: str = "NHW"  # axis order of ``reader(...).data``: "NHW" | "NHWC" | "NCHW"
+    labels: str = "targets"  # attribute of ``reader(...)`` holding the labels
+
+
+def _idx(folder: str) -> tuple[str, ...]:
+    """The uncompressed IDX files torchvision's MNIST family reads."""
+    kinds = ("images-idx3", "labels-idx1")
+    return tuple(f"{folder}/raw/{split}-{kind}-ubyte" for split in ("train", "t10k") for kind in kinds)
+
+
+_TRAIN, _TEST = {"train": True}, {"train": False}
+_SOURCES: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo(10, 1, 8, (), None, {}, {}),
+    "mnist": DatasetInfo(10, 1, 28, _idx("MNIST"), tvd.MNIST, _TRAIN, _TEST),
+    "fmnist": DatasetInfo(10, 1, 28, _idx("FashionMNIST"), tvd.FashionMNIST, _TRAIN, _TEST),
+    "svhn": DatasetInfo(10, 3, 32, ("train_32x32.mat", "test_32x32.mat"), tvd.SVHN,
+                        {"split": "train"}, {"split": "test"}, layout="NCHW", labels="labels"),
+    "usps": DatasetInfo(10, 1, 16, ("usps.bz2", "usps.t.bz2"), tvd.USPS, _TRAIN, _TEST),
+    "cifar10": DatasetInfo(10, 3, 32, tuple(f"cifar-10-batches-py/{f}" for f in (
+        "data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+        "batches.meta")), tvd.CIFAR10, _TRAIN, _TEST, layout="NHWC"),
+    # torchvision's STL10 also insists on unlabeled_X.bin (2.6 GB) although these splits never read it
+    "stl10": DatasetInfo(10, 3, 96, tuple(f"stl10_binary/{f}" for f in (
+        "train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "unlabeled_X.bin")), tvd.STL10,
+        {"split": "train"}, {"split": "test"}, layout="NCHW", labels="labels"),
+    "cifar100": DatasetInfo(100, 3, 32, tuple(f"cifar-100-python/{f}" for f in ("train", "test", "meta")),
+                            tvd.CIFAR100, _TRAIN, _TEST, layout="NHWC"),
+    # the official val split is our test split
+    "tinyimagenet": DatasetInfo(200, 3, 64, tuple(f"tiny-imagenet-200/{f}" for f in (
+        "wnids.txt", "train/<wnid>/images/*.JPEG", "val/images/*.JPEG", "val/val_annotations.txt")),
+        TinyImageNet, {"split": "train"}, {"split": "val"}, layout="NHWC"),
+}
+DATASETS: tuple[str, ...] = tuple(_SOURCES)
+_LAYOUTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "NHW": lambda x: x.unsqueeze(1),
+    "NHWC": lambda x: x.permute(0, 3, 1, 2),
+    "NCHW": lambda x: x,
+}
+
+
+def dataset_info(dataset: str) -> DatasetInfo:
+    """The ``DatasetInfo`` of one of ``DATASETS``; ValueError naming the valid names otherwise."""
+    _check_choice("dataset", dataset, DATASETS)
+    return _SOURCES[dataset]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Recipe and results
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataRecipe:
+    """How one zoo turns a raw image dataset into tensors (declared in each zoo spec file).
+
+    ``mean`` / ``std`` take one value per output channel (a single value is broadcast to all
+    channels and stored expanded), in ``pixel_scale`` units. Every field is validated on creation;
+    a bad value raises ValueError naming the field, the value and the valid values.
+    """
+
+    dataset: str  # one of DATASETS
+    size: int  # final H = W in pixels
+    geometry: str = "native"  # GEOMETRIES: how raw images reach `size` ("native" needs size == native size)
+    grayscale: bool = False  # RGB → 1 channel (torchvision Grayscale(1)) first; RGB datasets only
+    pixel_scale: float = 1.0  # 1.0: ToTensor range [0, 1]; 255.0: Tiny-ImageNet's 0–255 float units
+    mean: tuple[float, ...] = (0.5,)  # Normalize mean, in pixel_scale units, one per output channel
+    std: tuple[float, ...] = (0.5,)
+    train_size: int | None = None  # official-train images kept for training, the rest is val; None: no val
+    split_seed: int = 42  # seed of the random_split generator
+    augment: str = "none"  # AUGMENTS; applied on the fly by training, never here
+    augment_val: bool = False  # protocol quirk: ResNet CIFAR val was cut from the augmented train set
+
+    def __post_init__(self) -> None:
+        info = dataset_info(self.dataset)
+        _check_int("size", self.size, 1)
+        _check_choice("geometry", self.geometry, GEOMETRIES)
+        if self.geometry == "native" and self.size != info.size:
+            raise ValueError(f"size={self.size} with geometry='native' must be the native size of "
+                             f"{self.dataset!r} ({info.size}); use geometry='resize' or 'center_crop'")
+        if self.geometry == "center_crop" and self.size > info.size:
+            raise ValueError(f"size={self.size} with geometry='center_crop' exceeds the native size of "
+                             f"{self.dataset!r} ({info.size}); use geometry='resize'")
+        _check_bool("grayscale", self.grayscale)
+        if self.grayscale and info.channels != 3:
+            raise ValueError(f"grayscale=True: {self.dataset!r} is already single-channel; valid: False")
+        _check_choice("pixel_scale", self.pixel_scale, PIXEL_SCALES)
+        object.__setattr__(self, "pixel_scale", float(self.pixel_scale))
+        for name in ("mean", "std"):
+            object.__setattr__(self, name, self._per_channel(name, getattr(self, name)))
+        if self.train_size is not None:
+            _check_int("train_size", self.train_size, 1)
+        if self.dataset == "digits" and self.train_size not in (None, DIGITS_SPLIT[0]):
+            raise ValueError(f"train_size={self.train_size!r}: 'digits' is always split "
+                             f"{list(DIGITS_SPLIT)}; valid: None or {DIGITS_SPLIT[0]}")
+        _check_int("split_seed", self.split_seed, 0)
+        _check_choice("augment", self.augment, AUGMENTS)
+        _check_bool("augment_val", self.augment_val)
+        if self.augment_val and (self.augment == "none" or self.train_size is None):
+            raise ValueError("augment_val=True needs an augmentation (augment != 'none') and a val split "
+                             f"(train_size set); got augment={self.augment!r}, "
+                             f"train_size={self.train_size!r}")
+
+    @property
+    def channels(self) -> int:
+        """Channels of the preprocessed images."""
+        return 1 if self.grayscale else dataset_info(self.dataset).channels
+
+    def _per_channel(self, name: str, values: Any) -> tuple[float, ...]:
+        ok = isinstance(values, (tuple, list)) and all(_is_real(v) and math.isfinite(v) for v in values)
+        if not ok or len(values) not in (1, self.channels):
+            raise ValueError(f"{name}={values!r}: valid is a list of 1 or {self.channels} finite numbers "
+                             f"(one per output channel of {self.dataset!r})")
+        if name == "std" and min(values) <= 0:
+            raise ValueError(f"std={values!r}: every value must be > 0")
+        return tuple(float(v) for v in values) * (self.channels if len(values) == 1 else 1)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DataRecipe:
+        """Build from plain data (a zoo spec's ``[data]`` table); lists become tuples, unknown keys raise."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"unknown data recipe key(s) {unknown}; valid keys: {names}")
+        missing = [k for k in ("dataset", "size") if k not in data]
+        if missing:
+            raise ValueError(f"data recipe is missing required key(s) {missing}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data; ``from_dict`` inverts it."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """One split: preprocessed images and their labels."""
+
+    images: torch.Tensor  # float32 [N, C, size, size], normalised, contiguous
+    labels: torch.Tensor  # int64 [N], in [0, num_classes)
+
+    def __post_init__(self) -> None:
+        x, y = self.images, self.labels
+        if (x.dtype, x.dim(), y.dtype, y.dim()) != (torch.float32, 4, torch.int64, 1) or len(x) != len(y):
+            raise ValueError(f"Split needs float32 images [N, C, H, W] and int64 labels [N]; got images "
+                             f"{x.dtype} {list(x.shape)}, labels {y.dtype} {list(y.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True, eq=False)
+class ImageData:
+    """The preprocessed splits of one recipe."""
+
+    recipe: DataRecipe
+    num_classes: int
+    train: Split
+    val: Split | None  # None when recipe.train_size is None (no val split)
+    test: Split
+    sha256: str  # hex; see _content_hash
+
+    @property
+    def channels(self) -> int:
+        return self.train.images.shape[1]
+
+    @property
+    def pad_value(self) -> torch.Tensor:
+        """float32 [C]: a black pixel after normalisation, (0 − mean) / std (fill of crops and rotations)."""
+        return torch.tensor([-m / s for m, s in zip(self.recipe.mean, self.recipe.std, strict=True)])
+
+
+class DataNotFoundError(FileNotFoundError):
+    """Raw files of a dataset are missing or corrupted under the data root and were not downloaded."""
+
+
+class DataCacheError(RuntimeError):
+    """A preprocessed cache file cannot be read or fails its hash; deleting it rebuilds it."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------------
+
+
+def default_data_root() -> Path:
+    """``$MODELZOOS_DATA`` if set, else ``~/.cache/modelzoos/data``."""
+    env = os.environ.get("MODELZOOS_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "modelzoos" / "data"
+
+
+def cache_path(recipe: DataRecipe, root: str | Path | None = None) -> Path:
+    """``<root>/modelzoos-cache/<dataset>-<hash>.safetensors``, hash = sha256(format, recipe JSON)[:12]."""
+    key = hashlib.sha256(f"{CACHE_FORMAT}\n{_recipe_json(recipe)}".encode()).hexdigest()[:12]
+    return _resolve_root(root) / CACHE_DIR / f"{recipe.dataset}-{key}.safetensors"
+
+
+def _resolve_root(root: str | Path | None) -> Path:
+    return Path(root).expanduser() if root else default_data_root()
+
+
+def load_image_data(recipe: DataRecipe, root: str | Path | None = None, download: bool = False,
+                    cache: bool = True) -> ImageData:
+    """Read, preprocess and split the dataset of ``recipe`` (see the module docstring).
+
+    Args:
+        recipe: what to build.
+        root: data root holding the raw files (``dataset_info(name).files``) and the cache;
+            None: ``default_data_root()``. Not used for ``digits``.
+        download: let torchvision fetch missing raw files.
+        cache: read / write the preprocessed splits under ``<root>/modelzoos-cache`` (not for digits).
+
+    Raises:
+        DataNotFoundError: raw files missing (and not downloaded).
+        DataCacheError: the cache file is unreadable or corrupt (the message names it).
+        ValueError: ``recipe.train_size`` is not smaller than the official train split.
+    """
+    if recipe.dataset == "digits":
+        splits = _digits_splits(recipe)
+        return _image_data(recipe, splits, _content_hash(splits))
+    root = _resolve_root(root)
+    path = cache_path(recipe, root)
+    cached = _read_cache(path, recipe) if cache and path.exists() else None
+    if cached is not None:
+        log.info("%s: using cache %s", recipe.dataset, path)
+        return _image_data(recipe, *cached)
+    splits = _build_splits(recipe, root, download)
+    sha = _content_hash(splits)
+    if cache:
+        _write_cache(path, recipe, splits, sha)
+    return _image_data(recipe, splits, sha)
+
+
+def _image_data(recipe: DataRecipe, splits: Mapping[str, Split], sha: str) -> ImageData:
+    return ImageData(recipe, _SOURCES[recipe.dataset].num_classes, splits["train"], splits.get("val"),
+                     splits["test"], sha)
+
+
+def _build_splits(recipe: DataRecipe, root: Path, download: bool) -> dict[str, Split]:
+    train_x, train_y = _read_raw(recipe.dataset, root, train=True, download=download)
+    test_x, test_y = _read_raw(recipe.dataset, root, train=False, download=download)
+    n = len(train_y)
+    if recipe.train_size is not None and recipe.train_size >= n:
+        raise ValueError(f"{recipe.dataset}: train_size={recipe.train_size} but the official train split has "
+                         f"only {n} images; set train_size below {n} (the rest becomes val) or to None")
+    log.info("%s: preprocessing %d train and %d test images", recipe.dataset, n, len(test_y))
+    train_x, test_x = _preprocess(train_x, recipe), _preprocess(test_x, recipe)
+    splits = {"train": Split(train_x, train_y)}
+    if recipe.train_size is not None:
+        tr, va = _split_indices(n, (recipe.train_size, n - recipe.train_size), recipe.split_seed)
+        splits = {"train": Split(train_x[tr], train_y[tr]), "val": Split(train_x[va], train_y[va])}
+    return {**splits, "test": Split(test_x, test_y)}
+
+
+def _read_raw(dataset: str, root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One official split through its reader: uint8 [N, C, H, W] and int64 labels [N]."""
+    info = _SOURCES[dataset]
+    try:
+        ds = info.reader(root, download=download, **(info.train_args if train else info.test_args))
+    except (RuntimeError, FileNotFoundError) as err:  # torchvision: RuntimeError; USPS: FileNotFoundError
+        expected = "\n".join(f"  {root / f}" for f in info.files)
+        raise DataNotFoundError(
+            f"Image dataset {dataset!r} not found or corrupted under {root} ({err}).\nExpected:\n{expected}\n"
+            "Point modelzoos at a folder that has these files with the CLI option `--data-root DIR` "
+            "(Python: root=DIR, or set MODELZOOS_DATA), or, with a network, fetch them with `--download` "
+            "(Python: download=True).") from err
+    images = _LAYOUTS[info.layout](torch.as_tensor(ds.data)).contiguous()
+    labels = torch.as_tensor(np.asarray(getattr(ds, info.labels)), dtype=torch.int64)
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < info.num_classes:
+        raise ValueError(f"{dataset}: labels outside [0, {info.num_classes}) under {root}; raw files corrupt")
+    return images, labels
+
+
+def _digits_splits(recipe: DataRecipe) -> dict[str, Split]:
+    from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
+
+    digits = load_digits()
+    images = torch.as_tensor(digits.images, dtype=torch.float32).div_(16).unsqueeze(1)  # [1797, 1, 8, 8]
+    labels = torch.as_tensor(digits.target, dtype=torch.int64)
+    images = _preprocess(images, recipe)
+    parts = _split_indices(len(labels), DIGITS_SPLIT, recipe.split_seed)
+    return {name: Split(images[i], labels[i]) for name, i in zip(_SPLITS, parts, strict=True)}
+
+
+def _split_indices(n: int, lengths: tuple[int, ...], seed: int) -> list[torch.Tensor]:
+    """``random_split(range(n), lengths)`` with a generator seeded by ``seed``; index order as returned."""
+    parts = random_split(range(n), list(lengths), generator=torch.Generator().manual_seed(seed))
+    return [torch.as_tensor(p.indices, dtype=torch.int64) for p in parts]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Preprocessing (whole batches)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _preprocess(images: torch.Tensor, recipe: DataRecipe) -> torch.Tensor:
+    """uint8 [N, C, H, W] in 0..255 (or float in [0, 1]) → float32 [N, C', size, size], normalised."""
+    out = torch.empty(len(images), recipe.channels, recipe.size, recipe.size)
+    for start in range(0, len(images), _CHUNK):
+        x = images[start:start + _CHUNK]
+        if recipe.grayscale:
+            x = _grayscale(x)
+        if recipe.geometry == "resize":
+            x = _resize(x, recipe.size)
+        elif recipe.geometry == "center_crop":
+            x = _center_crop(x, recipe.size)
+        if x.dtype == torch.uint8:  # ToTensor: /255 (pixel_scale 255 keeps 0..255)
+            out[start:start + len(x)] = x.to(torch.float32).div_(255.0 / recipe.pixel_scale)
+        else:
+            out[start:start + len(x)] = x.to(torch.float32).mul_(recipe.pixel_scale)
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (recipe.mean, recipe.std))
+    return out.sub_(mean).div_(std)  # as Normalize
+
+
+def _grayscale(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 3, H, W] → [N, 1, H, W]: Pillow's fixed-point luma (19595 R + 38470 G + 7471 B) / 2**16."""
+    r, g, b = x.to(torch.int32).unbind(1)
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).to(torch.uint8).unsqueeze(1)
+
+
+def _center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """[N, C, H, W] → [N, C, size, size], offsets rounded as torchvision's CenterCrop."""
+    top, left = (round((n - size) / 2.0) for n in x.shape[-2:])
+    return x[..., top:top + size, left:left + size]
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear antialiased resize of [N, C, H, W] to [N, C, size, size].
+
+    uint8: Pillow's separable resampling (horizontal, then vertical pass), each pass with 22-bit
+    fixed-point weights and rounded to uint8, i.e. exactly ``transforms.Resize`` on PIL images.
+    float: ``interpolate(bilinear, antialias=True)``, i.e. ``transforms.Resize`` on float tensors.
+    """
+    if x.dtype != torch.uint8:
+        return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    precision = 22
+    y = x.to(torch.float64)  # integer arithmetic below stays exact in float64 (< 2**53)
+    for dim in (-1, -2):
+        n = y.shape[dim]
+        if n != size:
+            w = torch.floor(_bilinear_weights(n, size) * 2**precision + 0.5)
+            y = y.transpose(dim, -1)
+            y = (y.reshape(-1, n) @ w.T).reshape(*y.shape[:-1], size)  # one GEMM per pass
+            y = y.add_(2 ** (precision - 1)).div_(2**precision).floor_().clamp_(0, 255).transpose(dim, -1)
+    return y.to(torch.uint8)
+
+
+def _bilinear_weights(n_in: int, n_out: int) -> torch.Tensor:
+    """float64 [n_out, n_in]: Pillow's normalised triangle-filter weights, support widened when shrinking."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    w = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for j in range(n_out):
+        center = (j + 0.5) * scale
+        lo, hi = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), n_in)
+        for i in range(lo, hi):
+            w[j, i] = max(0.0, 1.0 - abs((i - center + 0.5) / support))
+        w[j] /= w[j].sum()
+    return w
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Content hash and cache
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _content_hash(splits: Mapping[str, Split]) -> str:
+    """sha256 over train, val, test; per tensor "<split>.<images|labels>:<dtype>:<shape>;" then its bytes."""
+    h = hashlib.sha256()
+    for name in (s for s in _SPLITS if s in splits):
+        for key, t in (("images", splits[name].images), ("labels", splits[name].labels)):
+            h.update(f"{name}.{key}:{t.dtype}:{list(t.shape)};".encode())
+            h.update(t.contiguous().numpy())
+    return h.hexdigest()
+
+
+def _recipe_json(recipe: DataRecipe) -> str:
+    return json.dumps(recipe.to_dict(), sort_keys=True)
+
+
+def _read_cache(path: Path, recipe: DataRecipe) -> tuple[dict[str, Split], str] | None:
+    """The cached splits and hash; None if the file was made for another recipe (it is then rebuilt)."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != CACHE_FORMAT or meta.get("recipe") != _recipe_json(recipe):
+                log.warning("%s was written for another recipe or format; rebuilding it", path)
+                return None
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open has no __iter__)
+        splits = {s: Split(tensors[f"{s}.images"], tensors[f"{s}.labels"]) for s in _SPLITS
+                  if f"{s}.labels" in tensors}
+        sha = meta["sha256"]
+        if "train" not in splits or "test" not in splits or _content_hash(splits) != sha:
+            raise ValueError("content does not match the sha256 in its metadata")
+    except (SafetensorError, OSError, KeyError, ValueError) as err:
+        raise DataCacheError(f"Cache file {path} is corrupt or truncated ({err}); delete it and it will be "
+                             "rebuilt from the raw data.") from err
+    return splits, sha
+
+
+def _write_cache(path: Path, recipe: DataRecipe, splits: Mapping[str, Split], sha: str) -> None:
+    """Write atomically: a temporary file in the same folder, then ``os.replace``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as err:
+        warnings.warn(f"Not caching {recipe.dataset}: cannot write to {path.parent} ({err})", stacklevel=3)
+        return
+    tensors = {f"{s}.{k}": getattr(split, k).contiguous() for s, split in splits.items()
+               for k in ("images", "labels")}
+    metadata = {"format": CACHE_FORMAT, "recipe": _recipe_json(recipe), "sha256": sha}
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    log.info("%s: cached %s", recipe.dataset, path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Argument checks (messages name the field, the value and the valid values)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_choice(name: str, value: Any, valid: tuple) -> None:
+    if isinstance(value, bool) or value not in valid:
+        raise ValueError(f"{name}={value!r} is not valid; valid values: {', '.join(map(repr, valid))}")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}={value!r} is not valid; valid: an integer >= {minimum}")
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} is not valid; valid values: True, False")

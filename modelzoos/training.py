@@ -1,0 +1,230 @@
+"""Reference training: one model at a time in plain PyTorch, faithful to the zoo protocol (§4, §6).
+
+Training is a generator of ``EpochResult`` (epoch 0 = the untrained model, then one per epoch); it
+knows nothing about files. ``export.generate`` writes each result and the resumable ``state``.
+
+Per model: the seed fixes the initial weights (``build_model``), and through ``randomness`` the data
+order of every epoch, the dropout masks and the augmentations. Batch size as in the spec, last partial
+batch kept. Adam uses coupled L2 (``weight_decay``), SGD momentum 0.9; OneCycle is stepped after every
+batch. Train metrics are the sample-weighted running average of the train-mode forward passes of the
+epoch (before each update); val/test metrics are clean eval-mode passes after the epoch. At epoch 0 all
+three splits are evaluated in eval mode (the original CNN trainable wrote −999 placeholders instead).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modelzoos import randomness
+from modelzoos.architectures import Layout, build_model, set_dropout_key
+from modelzoos.catalogue import ModelConfig, Zoo
+from modelzoos.data import ImageData, Split
+
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+EVAL_BATCH = 1000  # images per eval forward; only memory depends on it
+
+
+@dataclass
+class EpochResult:
+    """What one epoch of a chunk of M models produced."""
+
+    epoch: int
+    weights: torch.Tensor  # float32 [M, D] on CPU, in the zoo's Layout
+    metrics: dict[str, list[float]]  # METRICS → M values (NaN where a split is absent)
+    state: dict[str, torch.Tensor]  # everything needed to continue after this epoch (CPU tensors)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data: batches, augmentation, evaluation
+# ---------------------------------------------------------------------------------------------------------
+
+
+def augment(images: torch.Tensor, kind: str, pad_value: torch.Tensor, seed: int, epoch: int,
+            sample_ids: torch.Tensor, streams: tuple[int, int, int] = (randomness.CROP_X, randomness.CROP_Y,
+                                                                        randomness.FLIP)) -> torch.Tensor:
+    """Random augmentation of a batch [B, C, H, W] of normalised images, keyed by (seed, epoch, sample id).
+
+    ``crop_flip``: RandomCrop(H, padding 4) filled with black, then horizontal flip with p = 0.5 (CIFAR).
+    ``flip_rotate``: horizontal flip with p = 0.5, then RandomRotation(±20°), nearest, black fill
+    (Tiny-ImageNet). ``pad_value`` [C] is black after normalisation.
+    """
+    if kind == "none":
+        return images
+    b, c, h, w = images.shape
+    sx, sy, sf = streams
+    fill = pad_value.to(images.device, images.dtype).view(1, c, 1, 1)
+    flip = randomness.uniform(seed, sf, epoch, sample_ids) < 0.5
+    if kind == "crop_flip":
+        padded = fill.expand(b, c, h + 8, w + 8).clone()
+        padded[:, :, 4:-4, 4:-4] = images
+        ox = (randomness.uniform(seed, sx, epoch, sample_ids) * 9).long()
+        oy = (randomness.uniform(seed, sy, epoch, sample_ids) * 9).long()
+        rows = (oy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
+        cols = (ox[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
+        out = padded[torch.arange(b, device=images.device)[:, None, None, None],
+                     torch.arange(c, device=images.device)[None, :, None, None], rows, cols]
+        return torch.where(flip.view(b, 1, 1, 1), out.flip(-1), out)
+    if kind == "flip_rotate":
+        x = torch.where(flip.view(b, 1, 1, 1), images.flip(-1), images)
+        angle = (randomness.uniform(seed, randomness.ROTATE, epoch, sample_ids) * 40 - 20) * math.pi / 180
+        cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+        return F.grid_sample(x - fill, grid, mode="nearest", align_corners=False) + fill
+    raise ValueError(f"unknown augmentation {kind!r}; valid: none, crop_flip, flip_rotate")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, device: torch.device, aug: tuple | None = None) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in [0, 1]) of ``model`` in eval mode over a whole split.
+
+    ``aug`` = (kind, pad_value, seed, epoch) applies the val augmentation quirk of the ResNet CIFAR zoos.
+    """
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, split.labels.numel()
+    for start in range(0, n, EVAL_BATCH):
+        x = split.images[start : start + EVAL_BATCH].to(device)
+        y = split.labels[start : start + EVAL_BATCH].to(device)
+        if aug is not None:
+            kind, pad, seed, epoch = aug
+            ids = torch.arange(start, start + len(y), device=device)
+            x = augment(x, kind, pad, seed, epoch, ids,
+                        (randomness.VAL_CROP_X, randomness.VAL_CROP_Y, randomness.VAL_FLIP))
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    return loss_sum / n, correct / n
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Optimiser and schedule
+# ---------------------------------------------------------------------------------------------------------
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    return math.ceil(n_train / batch_size)
+
+
+def make_optimizer(model: nn.Module, config: ModelConfig, n_train: int):
+    """(optimizer, scheduler or None) of the protocol for one model."""
+    params = model.parameters()
+    if config.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    if config.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch(n_train, config.batch_size))
+        return opt, sched
+    return opt, None
+
+
+def _pack_state(model: nn.Module, opt: torch.optim.Optimizer, step: int) -> dict[str, torch.Tensor]:
+    state = {f"model.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for p, s in opt.state.items():
+        for key, value in s.items():
+            state[f"opt.{names[id(p)]}.{key}"] = torch.as_tensor(value).detach().cpu().clone()
+    state["step"] = torch.tensor(step, dtype=torch.int64)
+    return state
+
+
+def _unpack_state(state: dict[str, torch.Tensor], model: nn.Module, opt: torch.optim.Optimizer,
+                  sched, device: torch.device) -> int:
+    model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+    params = dict(model.named_parameters())
+    for key, value in state.items():
+        if key.startswith("opt."):
+            name, field = key[4:].rsplit(".", 1)
+            opt.state[params[name]][field] = value.to(device) if field != "step" else value.clone()
+    step = int(state["step"])
+    if sched is not None:
+        for _ in range(step):
+            sched.step()
+    return step
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------------
+
+
+def train_reference(zoo: Zoo, config: ModelConfig, data: ImageData, device: str | torch.device = "cpu",
+                    resume: tuple[int, dict[str, torch.Tensor]] | None = None,
+                    stop: int | None = None) -> Iterator[EpochResult]:
+    """Train one model; yield epoch 0 (untrained) and every epoch up to ``stop`` (default ``config.epochs``).
+
+    ``stop < config.epochs`` gives the first epochs of the full protocol run (schedules unchanged).
+    ``resume = (epoch, state)`` continues from the state yielded after ``epoch``; the results are then
+    bitwise those of an uninterrupted run on the same device.
+    """
+    device = torch.device(device)
+    layout = zoo.layout
+    model = build_model(zoo.architecture, in_channels=zoo.in_channels, num_classes=zoo.num_classes,
+                        activation=config.activation, dropout=config.dropout, init=config.init,
+                        seed=config.seed).to(device)
+    if Layout.of(model) != layout:
+        raise RuntimeError("model layout differs from the zoo layout")
+    train = data.train
+    n = train.labels.numel()
+    opt, sched = make_optimizer(model, config, n)
+    recipe = data.recipe
+    pad = data.pad_value
+
+    def record(epoch: int, train_metrics: tuple[float, float] | None, step: int) -> EpochResult:
+        val_aug = (recipe.augment, pad, config.seed, epoch) if recipe.augment_val else None
+        tl, ta = train_metrics if train_metrics is not None else evaluate(model, train, device)
+        vl, va = evaluate(model, data.val, device, val_aug) if data.val is not None else (math.nan, math.nan)
+        sl, sa = evaluate(model, data.test, device)
+        values = dict(zip(METRICS, (tl, ta, vl, va, sl, sa), strict=True))
+        flat = layout.flatten({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        return EpochResult(epoch, flat[None], {k: [v] for k, v in values.items()},
+                           _pack_state(model, opt, step))
+
+    if resume is None:
+        first, step = 1, 0
+        yield record(0, None, 0)
+    else:
+        first = resume[0] + 1
+        step = _unpack_state(resume[1], model, opt, sched, device)
+
+    images, labels = train.images.to(device), train.labels.to(device)
+    for epoch in range(first, (stop or config.epochs) + 1):
+        model.train()
+        order = randomness.permutation(config.seed, randomness.DATA_ORDER, epoch, n, device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        for start in range(0, n, config.batch_size):
+            idx = order[start : start + config.batch_size]
+            x = augment(images[idx], recipe.augment, pad, config.seed, epoch, idx)
+            y = labels[idx]
+            set_dropout_key(model, config.seed, step)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            step += 1
+            loss_sum += loss.detach().double() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+        yield record(epoch, (loss_sum.item() / n, correct.item() / n), step)
+
+
+def _reference_chunk(zoo: Zoo, configs: list[ModelConfig], data: ImageData, device: str | torch.device,
+                     resume: tuple[int, dict[str, torch.Tensor]] | None = None,
+                     stop: int | None = None) -> Iterator[EpochResult]:
+    if len(configs) != 1:
+        raise ValueError(f"the reference engine trains one model per chunk, got {len(configs)}")
+    return train_reference(zoo, configs[0], data, device, resume, stop)
+
+
+# Engine name → trainer of one chunk of models: (zoo, configs, data, device, resume, stop) → EpochResults.
+ENGINES = {"reference": _reference_chunk}

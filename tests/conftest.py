@@ -1,0 +1,39 @@
+"""Shared fixtures: the digits image data (offline, built once per session) and a tiny digits zoo spec."""
+
+import textwrap
+
+import pytest
+
+from modelzoos.catalogue import get_zoo
+from modelzoos.data import load_image_data
+
+
+@pytest.fixture(scope="session")
+def digits_zoo():
+    return get_zoo("digits_cnn_seed")
+
+
+@pytest.fixture(scope="session")
+def digits_data(digits_zoo):
+    return load_image_data(digits_zoo.data)
+
+
+@pytest.fixture
+def tiny_spec(tmp_path):
+    """A 4-model digits zoo (2 seeds × 2 dropout values) as a user spec file."""
+    path = tmp_path / "tiny_digits.toml"
+    path.write_text(textwrap.dedent("""
+        extends = "digits_cnn_hyp_fix"
+        name = "tiny_digits"
+        epochs = 3
+        [grid]
+        init = ["kaiming_uniform"]
+        activation = ["relu"]
+        optimizer = ["adam"]
+        lr = [0.001]
+        weight_decay = [0.0001]
+        dropout = [0.0, 0.5]
+        [seeds]
+        range = [1, 2]
+    """))
+    return path

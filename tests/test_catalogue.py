@@ -1,0 +1,139 @@
+"""The catalogue: totals, grids, seeds, name lookup and spec validation."""
+
+import json
+import textwrap
+
+import pytest
+
+from modelzoos import catalogue
+from modelzoos.catalogue import SpecError, get_zoo, list_zoos, totals
+
+PUBLISHED = list_zoos(published=True)
+
+
+def test_published_totals_match_the_paper():
+    t = totals(PUBLISHED)
+    assert t["zoos"] == 27
+    assert t["models"] == 50_360
+    assert t["states"] == 2_585_360
+    assert t["states_with_twins"] == 3_844_360
+    # ResNet-18 epoch 0 is stored but not counted: 3 × 1,000 extra stored states
+    assert t["stored_states"] == 2_585_360 + 3_000
+
+
+@pytest.mark.parametrize(("name", "models"), [
+    ("mnist_cnn_seed", 1000), ("mnist_cnn_hyp_rand", 2560), ("svhn_cnn_hyp_fix", 4320), ("usps_cnn_hyp_rand", 2560),
+    ("cifar10_cnn_hyp_fix", 1280), ("cifar10_cnn_m_hyp_rand", 1280), ("stl10_cnn_m_hyp_fix", 2560),
+    ("cifar100_resnet18_seed", 1000), ("digits_cnn_hyp_fix", 2560),
+])
+def test_model_counts(name, models):
+    zoo = get_zoo(name)
+    assert zoo.num_models == models == len(zoo.models())
+
+
+@pytest.mark.parametrize(("name", "params"), [
+    ("mnist_cnn_seed", 2464), ("cifar10_cnn_seed", 2864), ("stl10_cnn_seed", 2864), ("svhn_cnn_seed", 2464),
+    ("cifar10_cnn_m_seed", 10853), ("cifar10_resnet18_seed", 11_173_962), ("cifar100_resnet18_seed", 11_220_132),
+    ("tinyimagenet_resnet18_seed", 11_271_432),
+])
+def test_parameter_counts(name, params):
+    assert get_zoo(name).parameters == params
+
+
+def test_names_follow_the_grammar_and_every_zoo_is_listed():
+    names = catalogue.zoo_names()
+    assert len(names) == 30
+    assert {"digits_cnn_seed", "digits_cnn_hyp_rand", "digits_cnn_hyp_fix"} <= set(names)
+    for z in PUBLISHED:
+        assert z.name == f"{z.dataset}_{z.architecture}_{z.config}"
+
+
+def test_seed_zoo_enumeration():
+    models = get_zoo("mnist_cnn_seed").models()
+    assert [m.seed for m in models] == list(range(1, 1001))
+    m = models[0]
+    assert (m.init, m.activation, m.optimizer, m.lr, m.weight_decay, m.dropout, m.batch_size, m.epochs) == (
+        "uniform", "tanh", "adam", 3e-4, 0.0, 0.0, 10, 50)
+
+
+def test_hyp_fix_grid_is_the_full_product_times_seeds_1_to_10():
+    models = get_zoo("svhn_cnn_hyp_fix").models()
+    combos = {(m.init, m.activation, m.optimizer, m.lr, m.weight_decay, m.dropout) for m in models}
+    assert len(combos) == 4 * 4 * 1 * 3 * 3 * 3
+    assert {m.seed for m in models} == set(range(1, 11))
+    assert {m.optimizer for m in models} == {"sgd"}  # the generator's grid, not the poster's
+
+
+def test_hyp_rand_seeds_are_per_model_and_reproducible():
+    a = get_zoo("mnist_cnn_hyp_rand").models()
+    catalogue._get_named.cache_clear()
+    b = get_zoo("mnist_cnn_hyp_rand").models()
+    assert a == b
+    seeds = [m.seed for m in a]
+    assert all(0 <= s < 1_000_000 for s in seeds)
+    assert len(set(seeds)) > 2400  # every model draws its own seed (a few collide by chance)
+    fix = get_zoo("mnist_cnn_hyp_fix").models()
+    assert [(m.init, m.lr, m.dropout) for m in a] == [(m.init, m.lr, m.dropout) for m in fix]
+
+
+def test_resnet_protocol():
+    z = get_zoo("cifar10_resnet18_seed")
+    m = z.models()[0]
+    assert (m.optimizer, m.lr, m.weight_decay, m.batch_size, m.epochs, m.schedule) == (
+        "sgd", 0.05, 5e-4, 256, 50, "onecycle")
+    assert z.states == 50_000 and z.stored_states == 51_000
+    assert get_zoo("tinyimagenet_resnet18_seed").data.train_size is None
+
+
+def test_unknown_zoo_suggests_close_names():
+    with pytest.raises(SpecError, match="mnist_cnn_seed"):
+        get_zoo("mnist_cnn_sed")
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "my_zoo.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_user_spec_file_with_extends(tmp_path):
+    path = _write(tmp_path, """
+        extends = "digits_cnn_seed"
+        name = "my_zoo"
+        [grid]
+        lr = [0.001, 0.0001]
+        [seeds]
+        range = [1, 3]
+    """)
+    zoo = get_zoo(path)
+    assert zoo.num_models == 6
+    assert {m.lr for m in zoo.models()} == {1e-3, 1e-4}
+    assert zoo.data.dataset == "digits"
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ('[grid]\nactivation = ["swish"]', "activation value 'swish' unknown"),
+    ("[grid]\nlr = [-0.1]", "grid.lr value -0.1 invalid"),
+    ("[grid]\ndropout = [1.5]", "grid.dropout"),
+    ("epochs = 0", "epochs must be a positive integer"),
+    ('architecture = "vgg"', "architecture 'vgg' unknown"),
+    ("[seeds]\nrange = [5, 1]", "seeds"),
+    ("colour = 3", "unknown field"),
+])
+def test_invalid_spec_values_give_clear_errors(tmp_path, override, message):
+    path = _write(tmp_path, f'extends = "digits_cnn_seed"\nname = "my_zoo"\n{override}\n')
+    with pytest.raises(SpecError, match=message) as err:
+        get_zoo(path)
+    assert str(path) in str(err.value)
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    path = _write(tmp_path, "name = \n")
+    with pytest.raises(SpecError, match="not valid TOML"):
+        get_zoo(path)
+
+
+def test_spec_round_trips_through_json():
+    zoo = get_zoo("cifar10_resnet18_seed")
+    again = catalogue.Zoo.from_dict(json.loads(json.dumps(zoo.to_dict())))
+    assert again == zoo

@@ -1,0 +1,175 @@
+"""`modelzoos generate`: the zoo directory, resume after SIGKILL, and clear errors on bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from modelzoos.architectures import build_model
+from modelzoos.catalogue import get_zoo
+from modelzoos.cli import main
+from modelzoos.export import METADATA_SCHEMA, ZooDir, ZooFileError, generate
+
+
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "modelzoos.cli", *map(str, args)]
+
+
+def _weights(zd: ZooDir) -> dict[tuple[int, int], torch.Tensor]:
+    meta = zd.metadata
+    return {(int(meta.model_id[i]), int(meta.epoch[i])): w for i, w in zd.weights()}
+
+
+@pytest.fixture(scope="module")
+def reference_zoo(tmp_path_factory):
+    """An uninterrupted 3-model × 2-epoch digits zoo."""
+    out = tmp_path_factory.mktemp("ref") / "zoo"
+    return generate(get_zoo("digits_cnn_seed"), out, models=3, epochs=2, progress=False)
+
+
+def test_zoo_directory_contents(reference_zoo):
+    zd = reference_zoo
+    info = json.loads((zd.path / "zoo.json").read_text())
+    assert info["run"]["zoo"]["name"] == "digits_cnn_seed"
+    assert info["data"]["sizes"] == {"train": 1257, "val": 270, "test": 270}
+    assert {"torch", "modelzoos", "python"} <= set(info["versions"])
+    assert [e["name"] for e in info["layout"]][:2] == ["conv1.weight", "conv1.bias"]
+    meta = zd.metadata
+    assert list(meta.columns) == METADATA_SCHEMA.names
+    assert len(meta) == 3 * 3
+    assert sorted(set(zip(meta.model_id, meta.epoch, strict=True))) == [(m, e) for m in range(3) for e in range(3)]
+    assert (meta.ggap == meta.train_acc - meta.test_acc).all()
+    assert not meta.nonfinite.any()
+    assert set(meta.seed) == {1, 2, 3}
+    # no pickle anywhere: only JSON, Parquet and safetensors
+    suffixes = {p.suffix for p in zd.path.rglob("*") if p.is_file()}
+    assert suffixes == {".json", ".parquet", ".safetensors"}
+    assert not list(zd.path.rglob("state.safetensors"))  # training state removed once complete
+
+
+def test_stored_epoch0_is_the_seeded_init_and_recorded_accuracy_is_real(reference_zoo, digits_data):
+    zd = reference_zoo
+    model = build_model("cnn", in_channels=1, activation="tanh", init="kaiming_uniform", seed=2)
+    assert all(torch.equal(zd.state(1, 0)[k], v) for k, v in model.state_dict().items())
+    row = zd.metadata[(zd.metadata.model_id == 1) & (zd.metadata.epoch == 2)].iloc[0]
+    model.load_state_dict(zd.state(1, 2))
+    with torch.no_grad():
+        acc = (model.eval()(digits_data.test.images).argmax(1) == digits_data.test.labels).double().mean().item()
+    assert acc == pytest.approx(row.test_acc, abs=1e-9)
+
+
+def test_rerun_of_a_finished_zoo_is_a_no_op(reference_zoo):
+    before = {p: p.stat().st_mtime_ns for p in reference_zoo.path.rglob("*")}
+    generate(get_zoo("digits_cnn_seed"), reference_zoo.path, models=3, epochs=2, progress=False)
+    assert before == {p: p.stat().st_mtime_ns for p in reference_zoo.path.rglob("*")}
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_zoo(reference_zoo, tmp_path):
+    out = tmp_path / "killed"
+    cmd = _cli("generate", "digits_cnn_seed", "--out", out, "--models", 3, "--epochs", 2, "--quiet")
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    kills = 0
+    for delay in (3.0, 1.5, 2.5, 1.0):  # kill at several moments: during start-up, mid-chunk, between chunks
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        # never a half-written file under a final name
+        for path in out.rglob("*.safetensors"):
+            with open(path, "rb") as f:
+                header = int.from_bytes(f.read(8), "little")
+            assert path.stat().st_size > 8 + header
+    assert kills >= 2
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    resumed = ZooDir(out)
+    pd.testing.assert_frame_equal(resumed.metadata, reference_zoo.metadata)
+    ref = _weights(reference_zoo)
+    got = _weights(resumed)
+    assert ref.keys() == got.keys()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_corrupt_weight_file_gives_a_clear_error(reference_zoo, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(reference_zoo.path, copy)
+    victim = sorted(copy.rglob("epoch_001.safetensors"))[0]
+    victim.write_bytes(victim.read_bytes()[:100])  # truncated
+    zd = ZooDir(copy)
+    with pytest.raises(ZooFileError, match="corrupt or truncated") as err:
+        list(zd.weights())
+    assert str(victim) in str(err.value) and "delete the chunk directory" in str(err.value)
+
+
+def test_truncated_state_file_is_reported_on_resume(tmp_path):
+    zoo = get_zoo("digits_cnn_seed")
+    out = tmp_path / "z"
+    generate(zoo, out, models=1, epochs=1, progress=False)
+    cdir = next((out / "weights").iterdir())
+    (cdir / "complete.json").unlink()
+    (out / "metadata.parquet").unlink()
+    (cdir / "state.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ZooFileError, match=r"state\.safetensors"):
+        generate(zoo, out, models=1, epochs=1, progress=False)
+
+
+def test_a_directory_of_another_run_is_refused(reference_zoo):
+    with pytest.raises(ZooFileError, match="different zoo run"):
+        generate(get_zoo("digits_cnn_seed"), reference_zoo.path, models=2, epochs=2, progress=False)
+
+
+def test_cli_generate_prints_a_summary(tmp_path, capsys):
+    assert main(["generate", "digits_cnn_seed", "--out", str(tmp_path / "z"), "--models", "2", "--epochs", "1",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "2 models, 4 states" in out and "test accuracy at epoch 1" in out and "median" in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["generate", "mnist_cnn_sed", "--out", "x"], "did you mean mnist_cnn_seed"),
+    (["generate", "digits_cnn_seed", "--out", "x", "--models", "0"], "--models must be in 1..1000"),
+    (["generate", "digits_cnn_seed", "--out", "x", "--epochs", "99"], "--epochs must be in 0..50"),
+    (["generate", "digits_cnn_seed", "--out", "x", "--engine", "warp"], "unknown engine 'warp'"),
+])
+def test_cli_bad_input(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_missing_image_data_names_files_and_data_root(tmp_path, capsys):
+    assert main(["generate", "mnist_cnn_seed", "--out", str(tmp_path / "z"), "--data-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--data-root" in err and "train-images-idx3-ubyte" in err
+    assert not (tmp_path / "z" / "zoo.json").exists()
+
+
+def test_cli_zoos_table_and_json(capsys):
+    assert main(["zoos"]) == 0
+    table = capsys.readouterr().out
+    assert "cifar10_cnn_seed" in table and "50,360" in table and "2,585,360" in table and "3,844,360" in table
+    assert main(["zoos", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 30
+    keys = {"name", "dataset", "architecture", "config", "models", "states", "parameters"}
+    assert all(keys <= set(r) for r in rows)
+    assert sum(r["models"] for r in rows if r["dataset"] != "digits") == 50_360
+
+
+def test_zoodir_rejects_a_non_zoo(tmp_path):
+    with pytest.raises(ZooFileError, match="not a zoo directory"):
+        ZooDir(tmp_path)
+    Path(tmp_path / "zoo.json").write_text("{}")
+    with pytest.raises(ZooFileError, match="incomplete"):
+        ZooDir(tmp_path)
