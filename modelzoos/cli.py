@@ -1,4 +1,8 @@
-"""The ``modelzoos`` command line: ``zoos`` (the catalogue) and ``generate`` (train a zoo into a directory)."""
+"""The ``modelzoos`` command line.
+
+``zoos`` (the catalogue), ``generate`` (train a zoo into a directory), ``build`` (zoo directories → a
+Hugging Face dataset repository folder), ``push`` (publish that folder on the Hub).
+"""
 
 from __future__ import annotations
 
@@ -46,7 +50,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     zoo = catalogue.get_zoo(args.zoo)
     result = generate(zoo, args.out, models=args.models, epochs=args.epochs, engine=args.engine, device=args.device,
-                      data_root=args.data_root, download=args.download, progress=not args.quiet)
+                      data_root=args.data_root, download=args.download, chunk_size=args.chunk_size,
+                      progress=not args.quiet, backend=args.backend, ray_address=args.ray_address)
     s = result.summary()
     acc = s["test_acc"]
     print(f"zoo {s['zoo']}: {s['models']} models, {s['states']} states in {s['path']}")
@@ -55,6 +60,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if s["nonfinite_states"]:
         print(f"states with non-finite weights: {s['nonfinite_states']}")
     return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from modelzoos.publish import cli_build
+
+    return cli_build(args)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from modelzoos.hub import cli_push
+
+    return cli_push(args)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -75,20 +92,43 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--models", type=int, default=None, help="train only the first N models of the zoo")
     g.add_argument("--epochs", type=int, default=None, help="stop after E epochs (the first E of the full protocol)")
     g.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
-    g.add_argument("--engine", default="reference", help="training engine (reference: one model at a time)")
+    g.add_argument("--engine", default="population",
+                   help="population: many models batched at once (default); reference: one model at a time")
+    g.add_argument("--chunk-size", type=int, default=None,
+                   help="models trained together (population default: all; reference: 1)")
+    g.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: train here; ray: one Ray task per chunk of models (--out on a shared filesystem)")
+    g.add_argument("--ray-address", default=None,
+                   help="Ray cluster host:port or 'auto' (default: $RAY_ADDRESS, else a local Ray instance)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=cmd_generate)
+
+    b = sub.add_parser("build", help="turn zoo directories into a Hugging Face dataset repository folder")
+    b.add_argument("zoo_dirs", nargs="+", help="zoo directories written by `modelzoos generate`")
+    b.add_argument("--repo", required=True, help="repository folder to create or extend (one config per zoo)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_build)
+
+    u = sub.add_parser("push", help="publish a repository folder on the Hugging Face Hub (token from HF_TOKEN)")
+    u.add_argument("repo_dir", help="folder built by `modelzoos build`")
+    u.add_argument("--repo-id", required=True, help="ORG/NAME of the dataset repository on the Hub")
+    u.add_argument("--config", default=None, help="push only this config (others on the Hub stay untouched)")
+    u.add_argument("--private", action="store_true", help="create the repository as private")
+    u.set_defaults(func=cmd_push)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from modelzoos.data import DataCacheError, DataNotFoundError
+    from modelzoos.distributed import DistributedError
     from modelzoos.export import ZooFileError
+    from modelzoos.hub import HubError
 
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, DataNotFoundError, DataCacheError, ZooFileError) as err:  # SpecError is a ValueError
+    except (ValueError, DataNotFoundError, DataCacheError, ZooFileError, DistributedError, HubError) as err:
+        # SpecError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
 

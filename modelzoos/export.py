@@ -38,9 +38,12 @@ from tqdm.auto import tqdm
 from modelzoos.architectures import Layout
 from modelzoos.catalogue import ModelConfig, Zoo
 from modelzoos.data import ImageData, load_image_data
-from modelzoos.training import ENGINES, METRICS, EpochResult
+from modelzoos.population import train_population
+from modelzoos.training import METRICS, EpochResult, train_reference_chunk
 
 FORMAT_VERSION = 1
+# Engine name → trainer of one chunk of models: (zoo, configs, data, device, resume, stop) → EpochResults.
+ENGINES = {"population": train_population, "reference": train_reference_chunk}
 HYPERPARAMETERS = ("seed", "init", "activation", "optimizer", "lr", "weight_decay", "dropout", "batch_size",
                    "epochs", "schedule")
 
@@ -220,14 +223,19 @@ def train_chunk(run: Run, root: Path, chunk: list[ModelConfig], data: ImageData,
 
 
 def generate(zoo: Zoo, out: str | Path, *, models: int | None = None, epochs: int | None = None,
-             engine: str = "reference", device: str = "cpu", data_root: str | Path | None = None,
-             download: bool = False, chunk_size: int | None = None, progress: bool = True) -> ZooDir:
+             engine: str = "population", device: str = "cpu", data_root: str | Path | None = None,
+             download: bool = False, chunk_size: int | None = None, progress: bool = True,
+             backend: str = "local", ray_address: str | None = None) -> ZooDir:
     """Train (the first ``models`` models of) ``zoo`` for ``epochs`` epochs into the directory ``out``.
 
-    Resumable: rerunning the same call after a crash continues where it stopped.
+    Resumable: rerunning the same call after a crash continues where it stopped. ``backend="ray"`` trains
+    one Ray task per chunk on the cluster at ``ray_address`` (None: a local Ray instance); ``out`` must then
+    be on a filesystem shared by all nodes (``modelzoos.distributed``).
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+    if backend not in ("local", "ray"):
+        raise ValueError(f"unknown backend {backend!r}; valid: local, ray")
     models = zoo.num_models if models is None else models
     epochs = zoo.epochs if epochs is None else epochs
     if not 1 <= models <= zoo.num_models:
@@ -237,6 +245,11 @@ def generate(zoo: Zoo, out: str | Path, *, models: int | None = None, epochs: in
     chunk_size = chunk_size or (1 if engine == "reference" else models)
     run = Run(zoo, models, epochs, engine, chunk_size)
     root = Path(out)
+    if backend == "ray":
+        from modelzoos.distributed import generate_ray
+
+        generate_ray(run, root, data_root, download, device, address=ray_address, progress=progress)
+        return ZooDir(root)
     data = load_image_data(zoo.data, data_root, download=download)
     root.mkdir(parents=True, exist_ok=True)
     _check_or_write_zoo_json(root, _zoo_json(run, data, device))

@@ -218,13 +218,10 @@ def train_reference(zoo: Zoo, config: ModelConfig, data: ImageData, device: str 
         yield record(epoch, (loss_sum.item() / n, correct.item() / n), step)
 
 
-def _reference_chunk(zoo: Zoo, configs: list[ModelConfig], data: ImageData, device: str | torch.device,
+def train_reference_chunk(zoo: Zoo, configs: list[ModelConfig], data: ImageData, device: str | torch.device,
                      resume: tuple[int, dict[str, torch.Tensor]] | None = None,
                      stop: int | None = None) -> Iterator[EpochResult]:
     if len(configs) != 1:
         raise ValueError(f"the reference engine trains one model per chunk, got {len(configs)}")
     return train_reference(zoo, configs[0], data, device, resume, stop)
 
-
-# Engine name → trainer of one chunk of models: (zoo, configs, data, device, resume, stop) → EpochResults.
-ENGINES = {"reference": _reference_chunk}

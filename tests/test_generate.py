@@ -27,11 +27,18 @@ def _weights(zd: ZooDir) -> dict[tuple[int, int], torch.Tensor]:
     return {(int(meta.model_id[i]), int(meta.epoch[i])): w for i, w in zd.weights()}
 
 
-@pytest.fixture(scope="module")
-def reference_zoo(tmp_path_factory):
-    """An uninterrupted 3-model × 2-epoch digits zoo."""
+@pytest.fixture(scope="module", params=["population", "reference"])
+def reference_zoo(request, tmp_path_factory):
+    """An uninterrupted 3-model × 2-epoch digits zoo, from each engine, made by the CLI in a fresh process.
+
+    A fresh process (as in the resume test) keeps torch's default thread count: CPU results are bitwise
+    reproducible for a fixed thread count only.
+    """
     out = tmp_path_factory.mktemp("ref") / "zoo"
-    return generate(get_zoo("digits_cnn_seed"), out, models=3, epochs=2, progress=False)
+    cmd = _cli("generate", "digits_cnn_seed", "--out", out, "--models", 3, "--epochs", 2, "--engine", request.param,
+               "--quiet")
+    subprocess.run(cmd, check=True, capture_output=True)
+    return ZooDir(out)
 
 
 def test_zoo_directory_contents(reference_zoo):
@@ -67,18 +74,28 @@ def test_stored_epoch0_is_the_seeded_init_and_recorded_accuracy_is_real(referenc
 
 def test_rerun_of_a_finished_zoo_is_a_no_op(reference_zoo):
     before = {p: p.stat().st_mtime_ns for p in reference_zoo.path.rglob("*")}
-    generate(get_zoo("digits_cnn_seed"), reference_zoo.path, models=3, epochs=2, progress=False)
+    generate(get_zoo("digits_cnn_seed"), reference_zoo.path, models=3, epochs=2,
+             engine=reference_zoo.info["run"]["engine"], progress=False)
     assert before == {p: p.stat().st_mtime_ns for p in reference_zoo.path.rglob("*")}
 
 
 def test_resume_after_sigkill_gives_the_uninterrupted_zoo(reference_zoo, tmp_path):
     out = tmp_path / "killed"
-    cmd = _cli("generate", "digits_cnn_seed", "--out", out, "--models", 3, "--epochs", 2, "--quiet")
+    engine = reference_zoo.info["run"]["engine"]
+    cmd = _cli("generate", "digits_cnn_seed", "--out", out, "--models", 3, "--epochs", 2, "--engine", engine,
+               "--quiet")
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     kills = 0
-    for delay in (3.0, 1.5, 2.5, 1.0):  # kill at several moments: during start-up, mid-chunk, between chunks
+    triggers = [  # kill at several moments: start-up, right after an epoch file, later in the run
+        lambda: (out / "zoo.json").exists(),
+        lambda: any(out.rglob("epoch_001.safetensors")),
+        lambda: any(out.rglob("epoch_002.safetensors")),
+    ]
+    for trigger in triggers:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and not trigger() and time.monotonic() < deadline:
+            time.sleep(0.002)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
@@ -126,7 +143,8 @@ def test_truncated_state_file_is_reported_on_resume(tmp_path):
 
 def test_a_directory_of_another_run_is_refused(reference_zoo):
     with pytest.raises(ZooFileError, match="different zoo run"):
-        generate(get_zoo("digits_cnn_seed"), reference_zoo.path, models=2, epochs=2, progress=False)
+        generate(get_zoo("digits_cnn_seed"), reference_zoo.path, models=2, epochs=2,
+                 engine=reference_zoo.info["run"]["engine"], progress=False)
 
 
 def test_cli_generate_prints_a_summary(tmp_path, capsys):

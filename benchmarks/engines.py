@@ -1,0 +1,116 @@
+"""Population vs. reference engine: models·epochs/s, images/s and FLOP/s, measured in one run.
+
+    python benchmarks/engines.py                        # CPU, digits, 1/10/100/1000 models, 1 epoch
+    python benchmarks/engines.py --device cuda --data mnist-shaped --models 1 10 100 1000
+
+``--data mnist-shaped`` repeats the digits to MNIST's split sizes (50,000 / 10,000 / 10,000 images of
+1×28×28): speed does not depend on pixel values. The reference engine trains one model at a time, so its
+rate does not depend on the zoo size; it is measured on ``min(M, --reference-models)`` models.
+Time per epoch includes the batched val/test evaluation after the epoch (as in generation), not epoch 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from modelzoos.catalogue import get_zoo
+from modelzoos.data import ImageData, Split, load_image_data
+from modelzoos.population import train_population
+from modelzoos.training import train_reference
+
+# CNN-s FLOP per image (protocol §14): forward 0.388 MFLOP, forward + backward 0.93 MFLOP
+TRAIN_FLOP, EVAL_FLOP = 0.93e6, 0.388e6
+
+
+def mnist_shaped(data: ImageData) -> ImageData:
+    def rep(split: Split, n: int) -> Split:
+        idx = torch.arange(n) % split.labels.numel()
+        return Split(split.images[idx].contiguous(), split.labels[idx].contiguous())
+
+    return ImageData(data.recipe, data.num_classes, rep(data.train, 50_000), rep(data.val, 10_000),
+                     rep(data.test, 10_000), "mnist-shaped")
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_epochs(trainer, epochs: int, device: str) -> float:
+    """Seconds for epochs 1..E (epoch 0, setup and the first-step warm-up excluded)."""
+    it = iter(trainer)
+    next(it)  # epoch 0: construction + evaluation of the untrained models
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        next(it)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def measure(zoo, data, models: int, epochs: int, device: str, reference_models: int) -> list[dict]:
+    configs = zoo.models()[:models]
+    n_train = data.train.labels.numel()
+    n_eval = data.val.labels.numel() + data.test.labels.numel()
+    rows = []
+    for engine in ("population", "reference"):
+        if engine == "population":
+            seconds = time_epochs(train_population(zoo, configs, data, device, stop=epochs), epochs, device)
+            measured = models
+        else:
+            measured = min(models, reference_models)
+            seconds = sum(time_epochs(train_reference(zoo, c, data, device, stop=epochs), epochs, device)
+                          for c in configs[:measured])
+        me = measured * epochs / seconds
+        rows.append({
+            "engine": engine, "models": models, "measured_models": measured, "epochs": epochs,
+            "seconds": seconds, "model_epochs_per_s": me, "train_images_per_s": me * n_train,
+            "flop_per_s": me * (n_train * TRAIN_FLOP + n_eval * EVAL_FLOP),
+        })
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", type=int, nargs="+", default=[1, 10, 100, 1000])
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data", choices=("digits", "mnist-shaped"), default="digits")
+    p.add_argument("--reference-models", type=int, default=3)
+    p.add_argument("--peak-flops", type=float, default=None, help="hardware FP32 peak, FLOP/s, for the ratio")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = p.parse_args()
+
+    zoo = get_zoo("digits_cnn_seed")
+    data = load_image_data(zoo.data)
+    if args.data == "mnist-shaped":
+        data = mnist_shaped(data)
+    machine = (torch.cuda.get_device_name() if args.device.startswith("cuda")
+               else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    rows = [r for m in args.models for r in measure(zoo, data, m, args.epochs, args.device, args.reference_models)]
+    print(f"machine: {machine}; torch {torch.__version__}; data {args.data} "
+          f"({data.train.labels.numel()} train images); zoo {zoo.name}; {args.epochs} epoch(s)\n")
+    print("| models | engine | measured models | s | models·epochs/s | train images/s | GFLOP/s | % of peak |"
+          " population ÷ reference |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for i in range(0, len(rows), 2):
+        pop, ref = rows[i], rows[i + 1]
+        for r in (pop, ref):
+            peak = f"{100 * r['flop_per_s'] / args.peak_flops:.2f}" if args.peak_flops else "–"
+            ratio = f"{pop['model_epochs_per_s'] / ref['model_epochs_per_s']:.1f}×" if r is pop else ""
+            print(f"| {r['models']} | {r['engine']} | {r['measured_models']} | {r['seconds']:.1f} | "
+                  f"{r['model_epochs_per_s']:.3f} | {r['train_images_per_s']:,.0f} | {r['flop_per_s'] / 1e9:.2f} | "
+                  f"{peak} | {ratio} |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine, "data": args.data, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,541 @@
+"""Reading a published zoo (docs/hub_format.md): rows, layouts, modules, and fast torch access to weights.
+
+A config of the dataset repository (a local folder laid out like the Hub repository, or a Hub id) is
+read with plain ``datasets``; this module adds what ``datasets`` cannot know:
+
+- ``config_info(repo, config)``: ``data/<config>/zoo.json`` as a typed ``ConfigInfo`` (layout, zoo spec,
+  image data recipe, model splits);
+- ``build_module(row, info)`` / ``evaluate_row(row, info)``: the row's torch module, and its test loss and
+  accuracy recomputed on the zoo's image data (equal to the recorded ``test_loss`` / ``test_acc``);
+- ``WeightsDataset``: a map-style torch ``Dataset`` over a ``datasets.Dataset`` that reads whole batches
+  through Arrow (zero-copy for contiguous index ranges) and applies a weight-space transform per batch;
+- ``iterable_loader`` / ``collate_weights``: the streaming path (``datasets.IterableDataset``, DataLoader
+  workers over shards, ``split_dataset_by_node`` for several nodes);
+- ``load_zoo``: ``datasets.load_dataset`` with the arguments spelled out.
+
+Example::
+
+    from torch.utils.data import DataLoader
+    from modelzoos.loading import WeightsDataset, collate_weights, config_info, evaluate_row, load_zoo
+
+    ds = load_zoo("ORG/model-zoos", "mnist_cnn_seed", split="train", filters=[("epoch", "==", 50)])
+    info = config_info("ORG/model-zoos", "mnist_cnn_seed")
+    loss, acc = evaluate_row(ds[0], info)  # == ds[0]["test_loss"], ds[0]["test_acc"]
+    loader = DataLoader(WeightsDataset(ds, columns=("weights", "test_acc")), batch_size=256, shuffle=True,
+                        num_workers=4, collate_fn=collate_weights)
+    for batch in loader:  # {"weights": float32 [256, D], "test_acc": float64 [256]}
+        ...
+
+Randomness of transforms: a transform is ``transform(batch, rng) -> batch`` on float32 ``[B, D]`` with an
+explicit ``np.random.Generator`` (the convention of ``modelzoos.transforms``). For every batch the
+generator is seeded from one draw of the process's torch RNG: DataLoader workers seed theirs with
+``get_worker_info().seed`` (base seed + worker id, the base seed drawn from the main process's RNG for
+every epoch), so workers draw independently, every epoch draws anew, and a run is reproducible from
+``torch.manual_seed(s)`` (or the DataLoader's ``generator``), with or without workers.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import torch
+from datasets.distributed import split_dataset_by_node
+from torch import nn
+from torch.utils.data import DataLoader
+
+from modelzoos.architectures import Layout, build_model
+from modelzoos.catalogue import SpecError, Zoo
+from modelzoos.data import ImageData, load_image_data
+from modelzoos.training import evaluate
+
+__all__ = [
+    "FORMAT_VERSION",
+    "WEIGHTS",
+    "ConfigInfo",
+    "WeightsDataset",
+    "build_module",
+    "collate_weights",
+    "config_info",
+    "evaluate_row",
+    "iterable_loader",
+    "load_zoo",
+]
+
+FORMAT_VERSION = 1  # of data/<config>/zoo.json
+WEIGHTS = "weights"  # the column of flat float32 weight vectors [D]
+_HUB_PREFIX = "hf://datasets/"
+_OUTPUTS = ("torch", "numpy")
+
+Transform = Callable[[np.ndarray, np.random.Generator], Any]
+AnyDataset = datasets.Dataset | datasets.DatasetDict | datasets.IterableDataset | datasets.IterableDatasetDict
+
+
+# ---------------------------------------------------------------------------------------------------------
+# zoo.json of a config
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigInfo:
+    """What ``data/<config>/zoo.json`` says about one config of a dataset repository.
+
+    ``layout`` places every tensor in the flat ``weights`` vector; ``zoo`` is the resolved spec (architecture,
+    data recipe, training protocol, grid); ``data`` the source zoo's image data record (``recipe``, ``sizes``,
+    ``sha256``, ``num_classes``); ``splits`` the model ids of each split; ``num_rows`` the rows per split;
+    ``epochs`` the stored epochs; ``source`` the file it was read from.
+    """
+
+    config: str
+    layout: Layout
+    zoo: Zoo
+    data: dict
+    splits: dict[str, list[int]]
+    num_rows: dict[str, int]
+    epochs: list[int]
+    num_models: int
+    source: str
+
+    def split_of(self, model_id: int) -> str:
+        """The split holding ``model_id`` (all its states are in that split)."""
+        for split, ids in self.splits.items():
+            if model_id in ids:
+                return split
+        raise KeyError(f"model {model_id} is in no split of config {self.config!r} ({self.num_models} models)")
+
+
+def _local_root(repo: str | Path) -> Path | None:
+    """The folder of a local repository, None for a Hub id (an existing folder wins, as in load_dataset)."""
+    if isinstance(repo, Path) or Path(repo).is_dir():
+        root = Path(repo)
+        if not root.is_dir():
+            raise FileNotFoundError(f"dataset repository folder {root} does not exist")
+        return root
+    return None
+
+
+def _fetch_zoo_json(repo: str | Path, config: str, revision: str | None) -> Path:
+    filename = f"data/{config}/zoo.json"
+    root = _local_root(repo)
+    if root is not None:
+        path = root / filename
+        if not path.is_file():
+            found = sorted(p.parent.name for p in root.glob("data/*/zoo.json"))
+            raise FileNotFoundError(f"{path} does not exist: {config!r} is not a config of {root} "
+                                    f"(configs with a zoo.json: {', '.join(found) or 'none'})")
+        return path
+    import huggingface_hub
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo_id = str(repo).removeprefix(_HUB_PREFIX)
+    try:
+        return Path(huggingface_hub.hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision))
+    except HFValidationError as err:
+        raise FileNotFoundError(f"{repo!r} is neither an existing folder nor a Hub dataset id (ORG/NAME)") from err
+    except LocalEntryNotFoundError as err:
+        raise FileNotFoundError(f"{filename} of dataset {repo_id!r} is not in the local cache and the Hub cannot be "
+                                "reached (offline, or HF_HUB_OFFLINE=1); connect once to cache it") from err
+    except RepositoryNotFoundError as err:
+        raise FileNotFoundError(f"dataset repository {repo_id!r} not found on the Hub (nor a local folder of that "
+                                "name); check the id, or log in with `hf auth login` for a private one") from err
+    except RevisionNotFoundError as err:
+        raise FileNotFoundError(f"revision {revision!r} of dataset {repo_id!r} not found on the Hub") from err
+    except EntryNotFoundError as err:
+        raise FileNotFoundError(f"{filename} not found in dataset {repo_id!r} (revision {revision or 'main'}): "
+                                f"{config!r} is not a config of it, or it is not a modelzoos repository "
+                                "(`datasets.get_dataset_config_names` lists its configs)") from err
+
+
+def config_info(repo: str | Path, config: str, revision: str | None = None) -> ConfigInfo:
+    """Read ``data/<config>/zoo.json`` of a local repository folder or of a Hub dataset ``ORG/NAME``.
+
+    A local folder is used when ``repo`` is a ``Path`` or an existing directory (as ``load_dataset`` does);
+    otherwise ``repo`` is a Hub id (``hf://datasets/`` prefix allowed) and the file is fetched through
+    ``huggingface_hub.hf_hub_download`` (cached; works offline once cached).
+
+    Raises:
+        FileNotFoundError: the repository, revision or file does not exist (the message names it).
+        ValueError: the file is not valid JSON or not a zoo.json of format version 1 (the message names it).
+    """
+    path = _fetch_zoo_json(repo, config, revision)
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); rebuild the repository with `modelzoos build` "
+                         "or download it again") from err
+    if not isinstance(raw, dict) or raw.get("format_version") != FORMAT_VERSION:
+        got = raw.get("format_version") if isinstance(raw, dict) else type(raw).__name__
+        raise ValueError(f"{path}: format_version {got!r} is not {FORMAT_VERSION}; this modelzoos reads version "
+                         f"{FORMAT_VERSION} (upgrade modelzoos, or rebuild the repository)")
+    missing = [k for k in ("config", "zoo", "layout", "data", "splits") if k not in raw]
+    if missing:
+        raise ValueError(f"{path} lacks the key(s) {missing}; rebuild the repository with `modelzoos build`")
+    if raw["config"] != config:
+        raise ValueError(f"{path} describes config {raw['config']!r}, not {config!r}")
+    try:
+        zoo = Zoo.from_dict(raw["zoo"], f"{path} (zoo)")
+        layout = Layout.from_json(raw["layout"])
+    except (SpecError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: invalid zoo spec or layout: {err}") from err
+    if layout != zoo.layout:
+        raise ValueError(f"{path}: the layout ({layout.size} floats) is not the layout of the zoo's architecture "
+                         f"{zoo.architecture!r} ({zoo.layout.size} floats); the file is corrupt")
+    splits = {k: [int(i) for i in v] for k, v in raw["splits"].items()}
+    return ConfigInfo(
+        config=config, layout=layout, zoo=zoo, data=raw["data"], splits=splits,
+        num_rows={k: int(v) for k, v in raw.get("num_rows", {}).items()}, epochs=list(raw.get("epochs", [])),
+        num_models=int(raw.get("num_models", sum(map(len, splits.values())))), source=str(path),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Modules and their accuracy
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _single(info: ConfigInfo, axis: str):
+    values = info.zoo.grid[axis]
+    if len(values) != 1:
+        raise ValueError(f"zoo {info.zoo.name} varies {axis} ({list(values)}): pass a row (a dict with "
+                         f"{axis!r} and {WEIGHTS!r}) instead of bare weights")
+    return values[0]
+
+
+def _flat(weights: Any, info: ConfigInfo) -> torch.Tensor:
+    if isinstance(weights, torch.Tensor):
+        flat = weights.detach().to("cpu", torch.float32).clone()
+    else:
+        flat = torch.from_numpy(np.array(weights, dtype=np.float32, copy=True))
+    if flat.shape != (info.layout.size,):
+        raise ValueError(f"weights have shape {tuple(flat.shape)}, config {info.config!r} has vectors of "
+                         f"{info.layout.size} floats")
+    return flat
+
+
+def build_module(row_or_weights: Mapping[str, Any] | np.ndarray | torch.Tensor | Sequence[float], info: ConfigInfo,
+                 device: str | torch.device = "cpu") -> nn.Module:
+    """The torch module of one row (or of a bare flat vector ``[D]``), in eval mode, on ``device``.
+
+    Architecture, input channels and classes come from ``info.zoo``; activation and dropout from the row
+    (``activation``, ``dropout`` keys), or, for bare weights, from the zoo's grid when it has a single value.
+    The row may hold the weights as a list (default format), a numpy array or a tensor.
+    """
+    if isinstance(row_or_weights, Mapping):
+        row = row_or_weights
+        if WEIGHTS not in row:
+            raise KeyError(f"row has no {WEIGHTS!r} column (columns: {', '.join(row)}); load it with the weights")
+        if "zoo" in row and row["zoo"] != info.zoo.name:
+            raise ValueError(f"row is from zoo {row['zoo']!r}, the ConfigInfo describes {info.zoo.name!r}")
+        activation = str(row["activation"]) if "activation" in row else _single(info, "activation")
+        dropout = float(row["dropout"]) if "dropout" in row else _single(info, "dropout")
+        flat = _flat(row[WEIGHTS], info)
+    else:
+        activation, dropout = _single(info, "activation"), _single(info, "dropout")
+        flat = _flat(row_or_weights, info)
+    zoo = info.zoo
+    model = build_model(zoo.architecture, in_channels=zoo.in_channels, num_classes=zoo.num_classes,
+                        activation=activation, dropout=dropout)
+    info.layout.load_into(model, flat)
+    return model.to(device).eval()
+
+
+def evaluate_row(row: Mapping[str, Any], info: ConfigInfo, data_root: str | Path | None = None, *,
+                 data: ImageData | None = None, device: str | torch.device = "cpu") -> tuple[float, float]:
+    """(test loss in nats, test accuracy in [0, 1]) of the row's module on the zoo's test split.
+
+    Rebuilds the module (``build_module``) and runs ``modelzoos.training.evaluate`` on the test split of
+    ``load_image_data(info.zoo.data, data_root)``, as training recorded it: on the device the zoo was made
+    on (CPU for the published ones) the result equals the row's ``test_loss`` / ``test_acc``. Pass
+    ``data`` (that ``ImageData``) to evaluate many rows without rebuilding the images each time. Warns
+    when the images differ from the ones the zoo was trained on (``info.data["sha256"]``).
+    """
+    if data is None:
+        data = load_image_data(info.zoo.data, data_root)
+    expected = info.data.get("sha256")
+    if expected and data.sha256 != expected:
+        warnings.warn(f"the image data of {info.zoo.data.dataset!r} (sha256 {data.sha256[:12]}…) differs from the "
+                      f"data config {info.config!r} was trained on ({expected[:12]}…): results may differ from "
+                      "the recorded metrics", stacklevel=2)
+    device = torch.device(device)
+    return evaluate(build_module(row, info, device), data.test, device)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Map-style: batches through Arrow
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _generator(seed: int) -> np.random.Generator:
+    """A generator for one batch: ``seed`` and one draw of this process's torch RNG (see the module docstring)."""
+    draw = int(torch.empty((), dtype=torch.int64).random_().item())
+    return np.random.default_rng([seed, draw])
+
+
+def _is_list(dtype: pa.DataType) -> bool:
+    return pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype)
+
+
+def _matrix(column: pa.ChunkedArray, name: str) -> np.ndarray:
+    """A list column → float32 ``[rows, D]``: a read-only view of the Arrow buffer for a single chunk.
+
+    ``.flatten()`` honours each chunk's slice offset (``.values`` would return the whole chunk's child values).
+    """
+    parts = []
+    for chunk in column.chunks:
+        if chunk.null_count:
+            raise ValueError(f"column {name!r} has null rows; every row must hold a vector")
+        flat = chunk.flatten()
+        if flat.null_count:
+            raise ValueError(f"column {name!r} holds null elements (NaN is allowed, null is not)")
+        values = flat.to_numpy(zero_copy_only=False)
+        if len(chunk) and values.size % len(chunk):
+            raise ValueError(f"column {name!r} holds vectors of different lengths; use a fixed-length list column")
+        parts.append(values.reshape(len(chunk), -1))
+    if not parts:
+        return np.zeros((0, 0), np.float32)
+    out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return out if out.dtype == np.float32 else out.astype(np.float32)
+
+
+def _scalars(column: pa.ChunkedArray) -> np.ndarray | list:
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return column.to_pylist()
+    return column.to_numpy()
+
+
+def _to_torch(value: Any) -> Any:
+    """numpy → torch (sharing memory when the array is writable, one copy otherwise); others unchanged."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "USO":
+            return value.tolist()
+        return torch.from_numpy(value if value.flags.writeable else value.copy())
+    if isinstance(value, np.generic):
+        return torch.as_tensor(value.item())
+    return value
+
+
+class WeightsDataset(torch.utils.data.Dataset):
+    """A torch ``Dataset`` of whole batches of weights (and metrics) from a map-style ``datasets.Dataset``.
+
+    Args:
+        dataset: a ``datasets.Dataset`` (e.g. ``load_zoo(repo, config, split="train")``; ``select``,
+            ``filter`` and ``shuffle`` results work too).
+        columns: the columns to return; list columns (``weights``) become float32 ``[B, D]``, numeric and
+            bool columns ``[B]`` arrays/tensors, string columns lists of str.
+        transform: optional ``transform(weights, rng) -> weights`` on the float32 ``[B, D]`` batch of the
+            ``weights`` column with a fresh ``np.random.Generator`` per batch (module docstring). Its input
+            may be a read-only view of the Arrow buffer: it must return a new array, not modify it.
+        output: ``"torch"`` (tensors) or ``"numpy"`` (arrays; zero-copy read-only views where possible).
+        seed: mixed into every transform generator (different seeds → different augmentation streams).
+
+    ``__getitems__(indices)`` reads a batch with one Arrow query: a contiguous ascending index range is a
+    zero-copy slice of the memory-mapped table; other index lists (``shuffle=True``) are gathered with one
+    copy. ``DataLoader(ds, batch_size=B, collate_fn=collate_weights)`` therefore receives whole batches as
+    a dict ``{column: [B, ...]}``. The dataset pickles by file path (the Arrow table of a loaded dataset is
+    memory-mapped), so DataLoader workers (fork or spawn) re-open the file instead of copying it.
+    ``dataset[i]`` returns one row with ``weights`` ``[D]``.
+    """
+
+    def __init__(self, dataset: datasets.Dataset, columns: Sequence[str] = (WEIGHTS,),
+                 transform: Transform | None = None, *, output: str = "torch", seed: int = 0) -> None:
+        if not isinstance(dataset, datasets.Dataset):
+            raise TypeError(f"WeightsDataset needs a map-style datasets.Dataset, got {type(dataset).__name__}; "
+                            "for streaming (IterableDataset) use iterable_loader")
+        columns = (columns,) if isinstance(columns, str) else tuple(columns)
+        unknown = [c for c in columns if c not in dataset.column_names]
+        if not columns or unknown:
+            raise KeyError(f"unknown or no columns {unknown or list(columns)}; the dataset has "
+                           f"{', '.join(dataset.column_names)}")
+        if transform is not None and WEIGHTS not in columns:
+            raise ValueError(f"a transform applies to the {WEIGHTS!r} column, which is not in columns {columns}")
+        if output not in _OUTPUTS:
+            raise ValueError(f"output {output!r} unknown; valid: {', '.join(_OUTPUTS)}")
+        self.columns, self.transform, self.output, self.seed = columns, transform, output, seed
+        self.lists = tuple(c for c in columns if _is_list(dataset.data.schema.field(c).type))
+        self._arrow = dataset.select_columns(list(columns)).with_format("arrow")
+
+    def __len__(self) -> int:
+        return len(self._arrow)
+
+    def __repr__(self) -> str:
+        return (f"WeightsDataset(rows={len(self)}, columns={list(self.columns)}, transform={self.transform!r}, "
+                f"output={self.output!r})")
+
+    def _query(self, indices: Sequence[int]) -> pa.Table:
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.ndim != 1 or not len(idx):
+            raise IndexError(f"expected a non-empty list of row indices, got {indices!r}")
+        idx = np.where(idx < 0, idx + len(self), idx)
+        if idx.min() < 0 or idx.max() >= len(self):
+            raise IndexError(f"row index out of range for a dataset of {len(self)} rows: {list(indices)}")
+        if len(idx) == 1 or bool(np.all(np.diff(idx) == 1)):
+            return self._arrow[int(idx[0]) : int(idx[-1]) + 1]  # zero-copy slice
+        return self._arrow[idx.tolist()]
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
+        table = self._query(indices)
+        batch: dict[str, Any] = {}
+        for name in self.columns:
+            column = table.column(name)
+            batch[name] = _matrix(column, name) if name in self.lists else _scalars(column)
+        if self.transform is not None:
+            out = self.transform(batch[WEIGHTS], _generator(self.seed))
+            if isinstance(out, np.ndarray | torch.Tensor) and tuple(out.shape[:1]) != (len(indices),):
+                raise ValueError(f"transform {self.transform!r} returned shape {tuple(out.shape)} for a batch of "
+                                 f"{len(indices)} rows; it must keep the batch dimension")
+            batch[WEIGHTS] = out
+        if self.output == "torch":
+            batch = {k: _to_torch(v) for k, v in batch.items()}
+        return batch
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        batch = self.__getitems__([index])
+        return {k: v[0] for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Streaming: IterableDataset → DataLoader
+# ---------------------------------------------------------------------------------------------------------
+
+
+def collate_weights(rows: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> dict[str, Any]:
+    """DataLoader ``collate_fn`` for weight rows: a dict of torch tensors ``{column: [B, ...]}``.
+
+    ``rows`` is either a list of row dicts (streaming, or ``Dataset.with_format("numpy")``): vectors are
+    stacked to float32 ``[B, D]``, numbers and bools to ``[B]``, strings kept as lists; or a batch dict that
+    ``WeightsDataset.__getitems__`` already assembled: its numpy values become tensors.
+    """
+    if isinstance(rows, Mapping):
+        return {k: _to_torch(v) for k, v in rows.items()}
+    if not rows:
+        raise ValueError("collate_weights got an empty batch")
+    out: dict[str, Any] = {}
+    for key in rows[0]:
+        values = [row[key] for row in rows]
+        first = values[0]
+        if isinstance(first, str):
+            out[key] = values
+        elif isinstance(first, torch.Tensor):
+            out[key] = torch.stack(values)
+        else:
+            array = np.stack([np.asarray(v) for v in values])
+            if array.dtype.kind in "USO":
+                out[key] = array.tolist()
+            else:
+                out[key] = torch.from_numpy(array)
+    return out
+
+
+class _BatchTransform:
+    """``IterableDataset.map(fn, batched=True)`` adapter of a ``transform(weights, rng)`` (picklable)."""
+
+    def __init__(self, transform: Transform, seed: int) -> None:
+        self.transform, self.seed = transform, seed
+
+    def __repr__(self) -> str:
+        return f"_BatchTransform({self.transform!r}, seed={self.seed})"
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        weights = np.asarray(batch[WEIGHTS], dtype=np.float32)
+        out = self.transform(weights, _generator(self.seed))
+        if isinstance(out, torch.Tensor):
+            out = out.numpy(force=True)
+        return {**batch, WEIGHTS: np.asarray(out, dtype=np.float32)}
+
+
+def iterable_loader(dataset: datasets.IterableDataset, batch_size: int, *, columns: Sequence[str] | None = None,
+                    transform: Transform | None = None, num_workers: int = 0, shuffle_buffer: int | None = None,
+                    seed: int = 0, rank: int | None = None, world_size: int | None = None,
+                    **loader_kwargs: Any) -> DataLoader:
+    """A DataLoader of ``collate_weights`` batches over a streaming ``datasets.IterableDataset``.
+
+    Steps, all plain ``datasets``: ``select_columns(columns)`` → ``shuffle(seed, buffer_size=shuffle_buffer)``
+    (a buffer of that many rows plus shard-order shuffling; keep it small for big rows: 16–64 for ResNet-18)
+    → ``split_dataset_by_node(rank, world_size)`` → ``with_format("numpy")`` → ``map(transform, batched=True)``
+    → ``DataLoader(batch_size, num_workers, collate_fn=collate_weights)``.
+
+    Each DataLoader worker reads whole shards (Parquet files), so ``num_workers`` must not exceed the
+    shards (``dataset.reshard()`` splits files by row group). With ``rank``/``world_size`` each node reads
+    its own shards when ``num_shards % world_size == 0``; otherwise every node reads all shards and keeps
+    every ``world_size``-th row (a warning says so). Call ``loader.dataset.set_epoch(e)`` each epoch to
+    reshuffle. Extra keyword arguments go to the DataLoader.
+
+    Example::
+
+        ds = load_zoo("ORG/model-zoos", "cifar10_resnet18_seed", split="train", streaming=True)
+        loader = iterable_loader(ds, 32, columns=["weights", "test_acc"], num_workers=4, shuffle_buffer=64,
+                                 rank=rank, world_size=world_size)
+    """
+    if not isinstance(dataset, datasets.IterableDataset):
+        raise TypeError(f"iterable_loader needs a datasets.IterableDataset (load_zoo(..., streaming=True)), got "
+                        f"{type(dataset).__name__}; for a map-style Dataset use WeightsDataset")
+    if columns is not None:
+        columns = [columns] if isinstance(columns, str) else list(columns)
+        if transform is not None and WEIGHTS not in columns:
+            raise ValueError(f"a transform applies to the {WEIGHTS!r} column, which is not in columns {columns}")
+        dataset = dataset.select_columns(columns)
+    if shuffle_buffer is not None:
+        dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer)
+    if (rank is None) != (world_size is None):
+        raise ValueError(f"pass both rank and world_size or neither, got rank={rank}, world_size={world_size}")
+    if world_size is not None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
+        if dataset.num_shards % world_size:
+            warnings.warn(f"{dataset.num_shards} shards do not divide among {world_size} nodes: every node reads all "
+                          f"shards and keeps 1 row in {world_size}; use dataset.reshard() or a divisible world size",
+                          stacklevel=2)
+        dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
+    if num_workers > dataset.num_shards:
+        raise ValueError(f"num_workers={num_workers} exceeds the dataset's {dataset.num_shards} shard(s): the "
+                         "extra workers would get no data; use fewer workers or dataset.reshard() (splits files by "
+                         "row group)")
+    dataset = dataset.with_format("numpy")
+    if transform is not None:
+        dataset = dataset.map(_BatchTransform(transform, seed), batched=True, batch_size=batch_size)
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_weights,
+                      **loader_kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# load_dataset, spelled out
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_zoo(repo: str | Path, config: str, split: str | None = None, *, streaming: bool = False,
+             columns: Iterable[str] | None = None, filters: Any = None,
+             **kwargs: Any) -> AnyDataset:
+    """``datasets.load_dataset(str(repo), config, split=split, streaming=streaming, ...)``, nothing more.
+
+    ``repo`` is a local repository folder or a Hub id ``ORG/NAME``; ``config`` a zoo name. ``columns``
+    reads only those columns (skip ``weights`` for a metadata-only table); ``filters`` keeps the rows
+    matching a pyarrow filter (list of ``(column, op, value)`` tuples, or a ``pyarrow.dataset``
+    expression), pushed down to the Parquet reader. Other keyword arguments (``revision``, ``cache_dir``,
+    ``num_proc``, ...) go to ``load_dataset``. Non-streaming loads convert the Parquet files into an Arrow
+    cache once (disk use doubles); ``streaming=True`` reads the files directly.
+
+    Examples::
+
+        ds = load_zoo("ORG/model-zoos", "mnist_cnn_seed", split="train")
+        last = load_zoo(repo, "mnist_cnn_seed", split="test", filters=[("epoch", "==", 50)])
+        table = load_zoo(repo, "mnist_cnn_seed", split="train", columns=["model_id", "epoch", "test_acc"])
+        stream = load_zoo(repo, "cifar10_resnet18_seed", split="train", streaming=True)
+    """
+    if columns is not None:
+        kwargs["columns"] = [columns] if isinstance(columns, str) else list(columns)
+    if filters is not None:
+        kwargs["filters"] = filters
+    return datasets.load_dataset(str(repo), config, split=split, streaming=streaming, **kwargs)

@@ -1,0 +1,272 @@
+"""Population engine: train many CNNs of one zoo at once, batched along a model axis.
+
+One optimizer step updates every model of a group; each model keeps its own protocol: its own initial
+weights (built exactly like the reference engine), its own data order, dropout masks (``randomness``,
+keyed by its seed) and learning rate / weight decay / dropout probability. Models that differ in
+activation or optimizer type run as separate groups, one after another within each epoch.
+
+Layout of activations: convolutions run as one grouped convolution over ``[B, M·C, H, W]`` (group m =
+model m), linear layers as one batched matmul over ``[M, B, F]``. The whole split lives on the device;
+val/test evaluation is batched over models with the first layer shared (one ungrouped convolution).
+
+Numerics: float32 throughout, same formulas as ``torch.optim.Adam`` / ``SGD`` (coupled L2), so results
+agree with the reference engine to float rounding (tests: ≤ 1e-4 after one epoch). TF32 is off unless
+``MODELZOOS_TF32=1`` (opt-in, documented in docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from modelzoos import randomness
+from modelzoos.architectures import ACTIVATIONS, ConvNet, Layout, build_model
+from modelzoos.catalogue import ModelConfig, Zoo
+from modelzoos.data import ImageData, Split
+from modelzoos.training import METRICS, EpochResult
+
+EVAL_ELEMENTS = 2**25  # input floats per batched eval forward (memory bound, not a numeric choice)
+BETAS, EPS, MOMENTUM = (0.9, 0.999), 1e-8, 0.9  # torch.optim defaults used by the protocol
+
+
+@dataclass
+class Group:
+    """Models of one chunk that run as one batched program (same activation and optimizer type)."""
+
+    index: list[int]  # positions in the chunk
+    configs: list[ModelConfig]
+    params: dict[str, torch.Tensor]  # name → [M, *shape], requires grad
+    opt_state: dict[str, torch.Tensor]  # "<name>.exp_avg" / ".exp_avg_sq" / ".momentum_buffer" → [M, *shape]
+    seeds: torch.Tensor  # int64 [M]
+    lr: torch.Tensor  # float32 [M]
+    wd: torch.Tensor  # float32 [M]
+    p: torch.Tensor  # dropout probability, float32 [M]
+
+    @property
+    def m(self) -> int:
+        return len(self.configs)
+
+
+class PopulationCNN:
+    """Batched forward of M ``ConvNet`` models sharing one LayerSpec table and one activation."""
+
+    def __init__(self, template: ConvNet, activation: str) -> None:
+        self.specs = template.specs
+        self.act = ACTIVATIONS[activation]()
+
+    def forward(self, params: dict[str, torch.Tensor], x: torch.Tensor, seeds: torch.Tensor | None = None,
+                p: torch.Tensor | None = None, step: int = 0, shared_input: bool = False) -> torch.Tensor:
+        """Logits [M, B, classes] for inputs [M, B, C, H, W] (or [B, C, H, W] with ``shared_input``).
+
+        ``seeds``/``p`` given: training forward with each model's dropout masks for global ``step``.
+        """
+        m = params[f"{self.specs[0].name}.weight"].shape[0]
+        if shared_input:
+            b = x.shape[0]
+        else:
+            b = x.shape[1]
+            x = x.transpose(0, 1).reshape(b, -1, *x.shape[-2:])  # [B, M·C, H, W]
+        h = x
+        for i, spec in enumerate(self.specs):
+            w, bias = params[f"{spec.name}.weight"], params[f"{spec.name}.bias"]
+            if spec.kind == "conv":
+                out = w.shape[1]
+                groups = 1 if (i == 0 and shared_input) else m
+                h = F.conv2d(h, w.reshape(m * out, *w.shape[2:]), bias.reshape(-1), groups=groups)
+                if spec.pool:
+                    h = F.max_pool2d(h, 2, 2)
+            else:
+                if h.dim() == 4:  # flatten channel-major per model: [B, M·C, H, W] → [M, B, C·H·W]
+                    h = h.reshape(b, m, -1).transpose(0, 1)
+                h = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
+            if spec.act:
+                h = self.act(h)
+            if spec.dropout and seeds is not None:
+                h = self._dropout(h, seeds, p, randomness.DROPOUT + i, step, m, b)
+        return h
+
+    @staticmethod
+    def _dropout(h: torch.Tensor, seeds: torch.Tensor, p: torch.Tensor, stream: int, step: int, m: int,
+                 b: int) -> torch.Tensor:
+        """Per-model inverted dropout with the element indexing of ``KeyedDropout`` for one model."""
+        if h.dim() == 4:  # [B, M·C, H, W]: per-model element index of [B, C, H, W]
+            c, hh, ww = h.shape[1] // m, h.shape[2], h.shape[3]
+            idx = torch.arange(b * c * hh * ww, device=h.device).reshape(b, 1, c, hh, ww)
+            u = randomness.uniform(seeds.view(1, m, 1, 1, 1), stream, step, idx)
+            pm = p.view(1, m, 1, 1, 1)
+            return (h.reshape(b, m, c, hh, ww) * (u >= pm) / (1 - pm)).reshape(h.shape)
+        idx = torch.arange(b * h.shape[2], device=h.device).reshape(1, b, -1)
+        u = randomness.uniform(seeds.view(m, 1, 1), stream, step, idx)
+        pm = p.view(m, 1, 1)
+        return h * (u >= pm) / (1 - pm)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Optimisers: torch.optim.Adam / SGD math, with per-model lr and weight decay
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+@torch.no_grad()
+def adam_step(g: Group, step: int) -> None:
+    """One Adam step (coupled L2) for every model; ``step`` counts from 1, as torch's state["step"]."""
+    b1, b2 = BETAS
+    bc1 = 1 - b1**step
+    bc2_sqrt = math.sqrt(1 - b2**step)
+    for name, p in g.params.items():
+        grad = p.grad + _bcast(g.wd, p) * p
+        m_, v_ = g.opt_state[f"{name}.exp_avg"], g.opt_state[f"{name}.exp_avg_sq"]
+        m_.lerp_(grad, 1 - b1)
+        v_.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (v_.sqrt() / bc2_sqrt).add_(EPS)
+        p.sub_(_bcast(g.lr / bc1, p) * m_ / denom)
+        p.grad = None
+
+
+@torch.no_grad()
+def sgd_step(g: Group, step: int) -> None:
+    """One SGD step, momentum 0.9, no dampening (coupled L2); the buffer starts as the first gradient."""
+    for name, p in g.params.items():
+        grad = p.grad + _bcast(g.wd, p) * p
+        buf = g.opt_state[f"{name}.momentum_buffer"]
+        if step == 1:
+            buf.copy_(grad)
+        else:
+            buf.mul_(MOMENTUM).add_(grad)
+        p.sub_(_bcast(g.lr, p) * buf)
+        p.grad = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _groups(zoo: Zoo, configs: list[ModelConfig], device: torch.device) -> list[Group]:
+    keys: dict[tuple[str, str], list[int]] = {}
+    for i, c in enumerate(configs):
+        keys.setdefault((c.activation, c.optimizer), []).append(i)
+    groups = []
+    for (_, optimizer), index in keys.items():
+        cs = [configs[i] for i in index]
+        states = [build_model(zoo.architecture, in_channels=zoo.in_channels, num_classes=zoo.num_classes,
+                              activation=c.activation, dropout=c.dropout, init=c.init, seed=c.seed).state_dict()
+                  for c in cs]
+        params = {k: torch.stack([s[k] for s in states]).to(device).requires_grad_() for k in states[0]}
+        slots = ("exp_avg", "exp_avg_sq") if optimizer == "adam" else ("momentum_buffer",)
+        opt_state = {f"{k}.{s}": torch.zeros_like(v, requires_grad=False) for k, v in params.items() for s in slots}
+        t = lambda vals, dt=torch.float32: torch.tensor(vals, dtype=dt, device=device)  # noqa: E731
+        groups.append(Group(index, cs, params, opt_state, t([c.seed for c in cs], torch.int64),
+                            t([c.lr for c in cs]), t([c.weight_decay for c in cs]), t([c.dropout for c in cs])))
+    return groups
+
+
+@torch.no_grad()
+def _evaluate(net: PopulationCNN, params: dict[str, torch.Tensor], split: Split, device: torch.device
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-model (mean cross-entropy, accuracy), float64 [M] each, over a whole split in eval mode."""
+    m = next(iter(params.values())).shape[0]
+    n = split.labels.numel()
+    per_image = split.images[0].numel() * m
+    batch = max(1, min(n, EVAL_ELEMENTS // per_image))
+    loss = torch.zeros(m, dtype=torch.float64, device=device)
+    correct = torch.zeros(m, dtype=torch.int64, device=device)
+    for s in range(0, n, batch):
+        x = split.images[s : s + batch].to(device)
+        y = split.labels[s : s + batch].to(device)
+        logits = net.forward(params, x, shared_input=True)  # [M, b, K]
+        loss += F.cross_entropy(logits.transpose(1, 2), y.expand(m, -1), reduction="none").sum(1).double()
+        correct += (logits.argmax(2) == y).sum(1)
+    return loss / n, correct.double() / n
+
+
+def _pack_state(groups: list[Group], step: int) -> dict[str, torch.Tensor]:
+    state = {"step": torch.tensor(step, dtype=torch.int64)}
+    for gi, g in enumerate(groups):
+        for k, v in g.params.items():
+            state[f"g{gi}.param.{k}"] = v.detach().cpu().clone()
+        for k, v in g.opt_state.items():
+            state[f"g{gi}.opt.{k}"] = v.detach().cpu().clone()
+    return state
+
+
+def _unpack_state(state: dict[str, torch.Tensor], groups: list[Group]) -> int:
+    with torch.no_grad():
+        for gi, g in enumerate(groups):
+            for k, v in g.params.items():
+                v.copy_(state[f"g{gi}.param.{k}"])
+            for k, v in g.opt_state.items():
+                v.copy_(state[f"g{gi}.opt.{k}"])
+    return int(state["step"])
+
+
+def train_population(zoo: Zoo, configs: list[ModelConfig], data: ImageData, device: str | torch.device = "cpu",
+                     resume: tuple[int, dict[str, torch.Tensor]] | None = None,
+                     stop: int | None = None) -> Iterator[EpochResult]:
+    """Train a chunk of models of a CNN zoo together; yields epoch 0 and every epoch up to ``stop``."""
+    if zoo.architecture not in ("cnn", "cnn_m"):
+        raise ValueError(f"the population engine trains the CNN zoos; use --engine reference for {zoo.architecture}")
+    if data.recipe.augment != "none" or zoo.schedule != "constant":
+        raise ValueError("the population engine supports zoos without augmentation and LR schedule")
+    device = torch.device(device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = os.environ.get("MODELZOOS_TF32") == "1"
+    layout: Layout = zoo.layout
+    groups = _groups(zoo, configs, device)
+    template = build_model(zoo.architecture, in_channels=zoo.in_channels, num_classes=zoo.num_classes)
+    nets = [PopulationCNN(template, g.configs[0].activation) for g in groups]
+    images, labels = data.train.images.to(device), data.train.labels.to(device)
+    n, bs = labels.numel(), configs[0].batch_size
+    epochs = stop if stop is not None else configs[0].epochs
+
+    def record(epoch: int, train_metrics: list[tuple[torch.Tensor, torch.Tensor]] | None, step: int) -> EpochResult:
+        values = {k: [math.nan] * len(configs) for k in METRICS}
+        weights = torch.empty(len(configs), layout.size)
+        for gi, (g, net) in enumerate(zip(groups, nets, strict=True)):
+            params = {k: v.detach() for k, v in g.params.items()}
+            tl, ta = train_metrics[gi] if train_metrics is not None else _evaluate(net, params, data.train, device)
+            cols = {"train_loss": tl, "train_acc": ta}
+            if data.val is not None:
+                cols["val_loss"], cols["val_acc"] = _evaluate(net, params, data.val, device)
+            cols["test_loss"], cols["test_acc"] = _evaluate(net, params, data.test, device)
+            for k, v in cols.items():
+                for j, i in enumerate(g.index):
+                    values[k][i] = float(v[j])
+            weights[g.index] = layout.flatten({k: v.cpu() for k, v in params.items()})
+        return EpochResult(epoch, weights, values, _pack_state(groups, step))
+
+    if resume is None:
+        first, step = 1, 0
+        yield record(0, None, 0)
+    else:
+        first = resume[0] + 1
+        step = _unpack_state(resume[1], groups)
+
+    for epoch in range(first, epochs + 1):
+        metrics = []
+        for g, net in zip(groups, nets, strict=True):
+            order = randomness.permutation(g.seeds.view(-1, 1), randomness.DATA_ORDER, epoch, n, device)  # [M, n]
+            loss_sum = torch.zeros(g.m, dtype=torch.float64, device=device)
+            correct = torch.zeros(g.m, dtype=torch.int64, device=device)
+            update = adam_step if g.configs[0].optimizer == "adam" else sgd_step
+            gstep = step
+            for s in range(0, n, bs):
+                idx = order[:, s : s + bs]  # [M, b]
+                x, y = images[idx], labels[idx]  # [M, b, C, H, W], [M, b]
+                logits = net.forward(g.params, x, g.seeds, g.p, gstep)
+                losses = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)  # [M]
+                losses.sum().backward()
+                gstep += 1
+                update(g, gstep)
+                loss_sum += losses.detach().double() * y.shape[1]
+                correct += (logits.detach().argmax(2) == y).sum(1)
+            metrics.append((loss_sum / n, correct.double() / n))
+        step = gstep
+        yield record(epoch, metrics, step)

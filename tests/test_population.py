@@ -1,0 +1,81 @@
+"""Population engine: equivalence with the reference engine, determinism, resume, zoo output."""
+
+import textwrap
+
+import pandas as pd
+import pytest
+import torch
+
+from modelzoos.catalogue import get_zoo
+from modelzoos.export import ZooDir, generate
+from modelzoos.population import train_population
+from modelzoos.training import train_reference
+
+
+@pytest.fixture(scope="module")
+def mixed_zoo(tmp_path_factory):
+    """8 digits models differing in activation, optimizer, dropout, lr and weight decay (3 groups run batched)."""
+    path = tmp_path_factory.mktemp("spec") / "mixed.toml"
+    path.write_text(textwrap.dedent("""
+        extends = "digits_cnn_hyp_fix"
+        name = "mixed"
+        epochs = 3
+        [grid]
+        init = ["kaiming_uniform"]
+        activation = ["relu", "tanh"]
+        optimizer = ["adam", "sgd"]
+        lr = [0.001, 0.0003]
+        weight_decay = [0.0001]
+        dropout = [0.0, 0.5]
+        [seeds]
+        range = [1, 1]
+    """))
+    zoo = get_zoo(path)
+    # keep 8 models: both activations and optimizers, two lrs, dropout 0 and 0.5, and a second seed
+    return zoo
+
+
+def test_population_matches_reference_per_model(mixed_zoo, digits_data):
+    configs = mixed_zoo.models()[::2] + mixed_zoo.models()[1:4:2]
+    pop = list(train_population(mixed_zoo, configs, digits_data))
+    for i, config in enumerate(configs):
+        ref = list(train_reference(mixed_zoo, config, digits_data))
+        assert torch.equal(pop[0].weights[i], ref[0].weights[0])  # identical initial weights
+        diff1 = (pop[1].weights[i] - ref[1].weights[0]).abs().max().item()
+        assert diff1 <= 1e-4, (config, diff1)  # after one epoch: float rounding only
+        for e in range(len(ref)):  # accuracy trajectories agree (at most one image flips per split)
+            for split, n in (("train", 1257), ("val", 270), ("test", 270)):
+                assert abs(pop[e].metrics[f"{split}_acc"][i] - ref[e].metrics[f"{split}_acc"][0]) <= 1.01 / n
+                assert pop[e].metrics[f"{split}_loss"][i] == pytest.approx(ref[e].metrics[f"{split}_loss"][0],
+                                                                           rel=1e-3)
+
+
+def test_population_is_deterministic_and_resumable(mixed_zoo, digits_data):
+    configs = mixed_zoo.models()[:6]
+    a = list(train_population(mixed_zoo, configs, digits_data))
+    b = list(train_population(mixed_zoo, configs, digits_data, resume=(1, a[1].state)))
+    for ra, rb in zip(a[2:], b, strict=True):
+        assert torch.equal(ra.weights, rb.weights)
+        assert ra.metrics == rb.metrics
+
+
+def test_population_generate_writes_the_zoo_format(tmp_path):
+    zd = generate(get_zoo("digits_cnn_seed"), tmp_path / "z", models=5, epochs=2, engine="population",
+                  progress=False)
+    assert len(zd) == 15
+    assert len(list((zd.path / "weights").iterdir())) == 1  # one chunk of 5 models
+    again = generate(get_zoo("digits_cnn_seed"), tmp_path / "z2", models=5, epochs=2, engine="population",
+                     progress=False, chunk_size=2)
+    pd.testing.assert_frame_equal(zd.metadata.drop(columns=["weights_file", "weights_row"]),
+                                  again.metadata.drop(columns=["weights_file", "weights_row"]))
+    w1 = dict(zd.weights())
+    w2 = dict(again.weights())
+    # other chunk sizes change the grouped convolutions' summation order, not the models
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) <= 1e-4
+    assert isinstance(ZooDir(tmp_path / "z2"), ZooDir)
+
+
+def test_population_refuses_resnets(digits_data):
+    zoo = get_zoo("cifar10_resnet18_seed")
+    with pytest.raises(ValueError, match="--engine reference"):
+        next(train_population(zoo, zoo.models()[:1], digits_data))
