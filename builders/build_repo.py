@@ -10,6 +10,7 @@ with `modelzoos push DIR --repo-id ORG/NAME`.
 import argparse
 import sys
 
+from modelzoos.export import ZooFileError
 from modelzoos.publish import cli_build
 
 
@@ -18,7 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("zoo_dirs", nargs="+", metavar="ZOO_DIR", help="zoo directories written by `modelzoos generate`")
     p.add_argument("--repo", required=True, help="repository folder to create or update")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return cli_build(p.parse_args(argv))
+    args = p.parse_args(argv)
+    try:
+        return cli_build(args)
+    except (ValueError, ZooFileError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

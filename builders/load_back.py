@@ -37,7 +37,7 @@ def main(repo: str, config: str) -> int:
     print(">>> model = build_module(row, info)")
     print(build_module(row, info))
     print(">>> evaluate_row(row, info)  # (test loss, test accuracy) on the zoo's image data")
-    loss, acc = evaluate_row(row, info)
+    _, acc = evaluate_row(row, info)
     print(f"model {int(row['model_id'])}, epoch {epoch}: recorded test_acc {float(row['test_acc']):.4f}, "
           f"rebuilt module {acc:.4f}")
     return 0 if abs(acc - float(row["test_acc"])) < 1e-6 else 1

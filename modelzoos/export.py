@@ -79,6 +79,12 @@ class ZooFileError(RuntimeError):
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _sweep_temporaries(directory: Path) -> None:
+    """Remove temporary files that a killed writer left in ``directory`` (never visible under a final name)."""
+    for tmp in directory.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def _atomic(path: Path, write) -> None:
     """Call ``write(tmp_path)`` and rename the result onto ``path`` (same directory, fsynced)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,6 +215,8 @@ def train_chunk(run: Run, root: Path, chunk: list[ModelConfig], data: ImageData,
     cdir = chunk_dir(root, chunk)
     if (cdir / "complete.json").exists():
         return
+    if cdir.exists():
+        _sweep_temporaries(cdir)
     resume = _resume_point(cdir)
     if bar is not None and resume is not None:
         bar.update(len(chunk) * (resume[0] + 1))
@@ -264,6 +272,7 @@ def generate(zoo: Zoo, out: str | Path, *, models: int | None = None, epochs: in
 
 def finalize(root: Path, run: Run) -> None:
     """Assemble metadata.parquet from the epoch files of all chunks (the zoo's completion mark)."""
+    _sweep_temporaries(root)
     rows = []
     for chunk in run.chunks():
         cdir = chunk_dir(root, chunk)

@@ -293,6 +293,7 @@ def _build_config(src: _Source, cdir: Path, *, row_group_bytes: int, max_file_by
     schema = arrow_schema(src.dim, config)
     frame_columns = {f.name: meta[f.name].to_numpy() for f in COLUMNS}
 
+    created = not cdir.exists()
     cdir.mkdir(parents=True, exist_ok=True)
     for stale in cdir.glob(".*.tmp"):  # temporary files of an interrupted build
         stale.unlink()
@@ -312,6 +313,8 @@ def _build_config(src: _Source, cdir: Path, *, row_group_bytes: int, max_file_by
     except BaseException:
         for tmp, _ in written:
             tmp.unlink(missing_ok=True)
+        if created:
+            cdir.rmdir()
         raise
     new = {final for _, final in written}
     _write_json(cdir / "zoo.json", config)
@@ -333,11 +336,16 @@ def build_repo(zoo_dirs: list[Path], repo: Path, progress: bool = True, *, repo_
     """
     sources = _open_sources(list(zoo_dirs))
     repo = Path(repo)
-    for src in sources:
-        _build_config(src, repo / "data" / src.name, row_group_bytes=row_group_bytes,
-                      max_file_bytes=max_file_bytes, progress=progress)
-    render_card(repo, repo_id=repo_id)
-    return [s.name for s in sources]
+    built = []
+    try:
+        for src in sources:
+            _build_config(src, repo / "data" / src.name, row_group_bytes=row_group_bytes,
+                          max_file_bytes=max_file_bytes, progress=progress)
+            built.append(src.name)
+    finally:
+        if built:  # the card lists what is there, even when a later zoo failed
+            render_card(repo, repo_id=repo_id)
+    return built
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -417,8 +425,10 @@ def _config_section(name: str, cfg: dict, repo_id: str) -> str:
     subset = []
     if models < zoo.num_models:
         subset.append(f"the first {models:,} of the zoo's {zoo.num_models:,} models")
+    stored = f"epochs {epochs[0]}–{epochs[-1]}" if len(epochs) > 1 else f"epoch {epochs[0]} only"
     if epochs[-1] < zoo.epochs:
-        subset.append(f"epochs {epochs[0]}–{epochs[-1]} of the protocol's {zoo.epochs}")
+        first = f"epochs {epochs[0]}–{epochs[-1]}" if len(epochs) > 1 else f"only epoch {epochs[0]}"
+        subset.append(f"{first} of the protocol's {zoo.epochs}")
     coverage = ("This config holds " + " and ".join(subset) + ".") if subset else "This config holds the whole zoo."
     recipe = cfg["data"]["recipe"]
     sizes = cfg["data"].get("sizes", {})
@@ -442,7 +452,7 @@ def _config_section(name: str, cfg: dict, repo_id: str) -> str:
         coverage=coverage,
         models=f"{models:,}",
         states=f"{states:,}",
-        epochs_stored=f"{epochs[0]}–{epochs[-1]}",
+        epochs_stored=stored,
         split_table=_md_table(["split", "models", "states (rows)"], per_split),
         architecture=zoo.architecture,
         parameters=f"{parameters:,}",
