@@ -69,8 +69,13 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from modelzoos.hub import cli_push
+    from pathlib import Path
 
+    from modelzoos.hub import cli_push
+    from modelzoos.publish import render_card
+
+    if (Path(args.repo_dir) / "data").is_dir():  # usage snippets of the card name the Hub id, not a local path
+        render_card(Path(args.repo_dir), repo_id=args.repo_id)
     return cli_push(args)
 
 
