@@ -256,11 +256,12 @@ def train_population(zoo: Zoo, configs: list[ModelConfig], data: ImageData, devi
             loss_sum = torch.zeros(g.m, dtype=torch.float64, device=device)
             correct = torch.zeros(g.m, dtype=torch.int64, device=device)
             update = adam_step if g.configs[0].optimizer == "adam" else sgd_step
+            masked = g.seeds if bool((g.p > 0).any()) else None  # no dropout in the group: skip the masks
             gstep = step
             for s in range(0, n, bs):
                 idx = order[:, s : s + bs]  # [M, b]
                 x, y = images[idx], labels[idx]  # [M, b, C, H, W], [M, b]
-                logits = net.forward(g.params, x, g.seeds, g.p, gstep)
+                logits = net.forward(g.params, x, masked, g.p, gstep)
                 losses = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)  # [M]
                 losses.sum().backward()
                 gstep += 1
