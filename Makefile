@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 env: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/modelzoos generate digits_cnn_seed --out $(OUT)/digits_cnn_seed --models 100 --epochs 15
+	$(VENV)/bin/modelzoos generate digits_cnn_seed --out $(OUT)/digits_cnn_seed --models 100 --epochs 3
 	$(VENV)/bin/modelzoos build $(OUT)/digits_cnn_seed --repo $(OUT)/hub
 	HF_HUB_OFFLINE=1 $(PY) builders/load_back.py $(OUT)/hub digits_cnn_seed
 
