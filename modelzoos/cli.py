@@ -68,6 +68,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     return cli_build(args)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from modelzoos.baselines.bench import cli_bench
+
+    return cli_bench(args)
+
+
 def cmd_push(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -120,6 +126,12 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--config", default=None, help="push only this config (others on the Hub stay untouched)")
     u.add_argument("--private", action="store_true", help="create the repository as private")
     u.set_defaults(func=cmd_push)
+
+    from modelzoos.baselines.bench import add_arguments
+
+    c = sub.add_parser("bench", help="train and evaluate weight-space baselines on one published config")
+    add_arguments(c)
+    c.set_defaults(func=cmd_bench)
     return p
 
 

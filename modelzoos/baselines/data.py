@@ -1,0 +1,246 @@
+"""How every baseline reads a zoo: one config of a dataset repository, split by model, in bounded memory.
+
+``ZooSource(repo, config)`` holds the config's ``ConfigInfo`` and the row selection shared by all
+baselines: non-finite states are dropped (protocol §9 cleaning) and, with ``epochs``, only those epochs
+are kept, both pushed down to the Parquet reader as pyarrow filters. Batches come either map-style
+(``loading.WeightsDataset`` + DataLoader workers over the Arrow cache) or streaming
+(``loading.iterable_loader`` over the Parquet files), with the same transform convention
+(``transform(weights [B, D], rng)``). Nothing holds more than one batch of weights at a time, except
+what a caller keeps (features, raw-weight matrices of small CNNs).
+
+``LayerStats`` standardises weights per layer (mean and std of a layer's weights and biases, pooled over
+training rows, std floored at 1e-4 as in R22's loss normalisation). Its layers are SANE's: a weight with
+its bias is one layer, every other tensor (BatchNorm running mean / var) its own, which are exactly the
+layer ids (``positions[..., 1]``) of ``transforms.chunk_tokens``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from modelzoos.architectures import Layout
+from modelzoos.loading import (
+    WEIGHTS,
+    ConfigInfo,
+    WeightsDataset,
+    collate_weights,
+    config_info,
+    iterable_loader,
+    load_zoo,
+)
+
+SPLITS = ("train", "validation", "test")
+# Metadata columns a baseline may use as targets or for selection (docs/hub_format.md).
+META = ("model_id", "epoch", "seed", "init", "activation", "optimizer", "lr", "weight_decay", "dropout",
+        "train_acc", "test_acc", "ggap")
+BATCH_BYTES = 64 << 20  # weights per batch when no batch size is given
+STD_FLOOR = 1e-4  # R22 LayerWiseReconLoss
+
+
+def rows_per_batch(dim: int, budget: int = BATCH_BYTES, cap: int = 256) -> int:
+    """Rows of ``dim`` float32 weights that fit in ``budget`` bytes (at least 1, at most ``cap``)."""
+    return max(1, min(cap, budget // (4 * dim)))
+
+
+def parse_epochs(text: str | None) -> tuple[int, ...] | None:
+    """``"5,10,15"`` / ``"1-15"`` / ``"0,5-7"`` → sorted epochs; None or ``""`` → None (all stored epochs)."""
+    if not text:
+        return None
+    epochs: set[int] = set()
+    for part in text.split(","):
+        a, _, b = part.strip().partition("-")
+        try:
+            first, last = int(a), int(b or a)
+        except ValueError as err:
+            raise ValueError(f"epoch filter {text!r}: {part!r} is neither an epoch nor a range a-b") from err
+        if first < 0 or last < first:
+            raise ValueError(f"epoch filter {text!r}: {part!r} is not a range of epochs ≥ 0")
+        epochs.update(range(first, last + 1))
+    return tuple(sorted(epochs))
+
+
+@dataclass
+class ZooSource:
+    """One config of a dataset repository (local folder or Hub id), as the baselines read it.
+
+    Args:
+        repo: repository folder or Hub id ``ORG/NAME``.
+        config: config (zoo) name, e.g. ``digits_cnn_seed``.
+        epochs: keep only these epochs (None: every stored epoch); the states that are samples of the benchmark.
+        streaming: read Parquet files directly (``IterableDataset``) instead of the map-style Arrow cache.
+        workers: DataLoader workers (streaming: at most the number of shards).
+        batch_size: rows per batch; None: ``rows_per_batch(D)`` (≈ 64 MiB of weights, ≤ 256 rows).
+    """
+
+    repo: str | Path
+    config: str
+    epochs: Sequence[int] | None = None
+    streaming: bool = False
+    workers: int = 0
+    batch_size: int | None = None
+    info: ConfigInfo = field(init=False, repr=False)
+    _maps: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.info = config_info(self.repo, self.config)
+        if self.epochs is not None:
+            self.epochs = tuple(int(e) for e in self.epochs)
+            unknown = sorted(set(self.epochs) - set(self.info.epochs))
+            if unknown or not self.epochs:
+                raise ValueError(f"epochs {unknown or list(self.epochs)} are not stored in {self.config!r} "
+                                 f"(stored: {self.info.epochs[0]}..{self.info.epochs[-1]})")
+
+    @property
+    def layout(self) -> Layout:
+        return self.info.layout
+
+    @property
+    def dim(self) -> int:
+        return self.info.layout.size
+
+    @property
+    def rows(self) -> int:
+        return self.batch_size or rows_per_batch(self.dim)
+
+    def filters(self) -> list[tuple]:
+        rows = [("nonfinite", "==", False)]
+        return rows + ([("epoch", "in", list(self.epochs))] if self.epochs is not None else [])
+
+    def dataset(self, split: str) -> datasets.Dataset:
+        """The map-style split (all columns), loaded once."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        if split not in self._maps:
+            self._maps[split] = load_zoo(self.repo, self.config, split=split, filters=self.filters())
+            if len(self._maps[split]) == 0:
+                raise ValueError(f"split {split!r} of {self.config!r} has no rows with finite weights"
+                                 + (f" at epochs {list(self.epochs)}" if self.epochs is not None else ""))
+        return self._maps[split]
+
+    def metadata(self, split: str) -> dict[str, np.ndarray]:
+        """Metadata columns (``META``) of a split, in row order; reads no weights (a small Arrow cache)."""
+        if ("meta", split) not in self._maps:
+            table = load_zoo(self.repo, self.config, split=split, columns=list(META), filters=self.filters())
+            self._maps["meta", split] = {c: np.asarray(v) for c, v in table.to_dict().items()}
+        return self._maps["meta", split]
+
+    def loader(self, split: str, columns: Sequence[str] = (WEIGHTS,), *, transform: Callable | None = None,
+               shuffle: bool = False, seed: int = 0, batch_size: int | None = None,
+               drop_last: bool = False) -> DataLoader:
+        """A DataLoader of ``{column: [B, ...]}`` batches (``weights`` float32 [B, D], or the transform's output).
+
+        Shuffled loaders give a new order every epoch (map-style: the DataLoader's seeded generator;
+        streaming: iterate with ``epochs(loader, e)``, which calls ``set_epoch``). Map-style workers persist
+        across epochs; streaming workers restart every epoch (a persistent worker would miss ``set_epoch``).
+        Note: ``datasets`` sleeps ``datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN`` (5 s) after every
+        shuffled pass over Parquet shards (an Arrow shutdown workaround), so short streaming epochs cost ≥ 5 s.
+        """
+        batch_size = batch_size or self.rows
+        if self.streaming:
+            stream = load_zoo(self.repo, self.config, split=split, streaming=True, filters=self.filters())
+            return iterable_loader(stream, batch_size, columns=list(columns), transform=transform,
+                                   num_workers=min(self.workers, stream.num_shards), seed=seed,
+                                   shuffle_buffer=4 * batch_size if shuffle else None, drop_last=drop_last)
+        ds = WeightsDataset(self.dataset(split), columns=columns, transform=transform, seed=seed)
+        generator = torch.Generator().manual_seed(seed) if shuffle else None
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.workers,
+                          collate_fn=collate_weights, generator=generator, drop_last=drop_last,
+                          persistent_workers=self.workers > 0)
+
+    def extract(self, split: str, fn: Callable[[torch.Tensor], Any], *, progress: bool = False,
+                desc: str = "") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(``fn`` of every batch of weights, stacked [N, F]; metadata columns [N]) for a split, in one pass.
+
+        ``fn`` maps float32 weights [B, D] to features [B, F] (array or tensor); rows keep their order.
+        """
+        columns = [WEIGHTS, *(c for c in META if c in self.dataset(split).column_names)]
+        features, meta = [], {c: [] for c in columns[1:]}
+        loader = self.loader(split, columns)
+        for batch in tqdm(loader, desc=desc or f"{split} features", disable=not progress, leave=False):
+            out = fn(batch[WEIGHTS])
+            features.append(out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out))
+            for c in meta:
+                meta[c].append(np.asarray(batch[c]))
+        return np.concatenate(features), {c: np.concatenate(v) for c, v in meta.items()}
+
+
+def epochs(loader: DataLoader, epoch: int) -> Iterator[dict]:
+    """Iterate one epoch of ``loader`` (streaming datasets reshuffle through ``set_epoch``)."""
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)
+    return iter(loader)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-layer standardisation
+# ---------------------------------------------------------------------------------------------------------
+
+
+def layer_ids(layout: Layout) -> np.ndarray:
+    """int64 [D]: the layer of every flat entry (a weight and its bias share one; other tensors their own).
+
+    Equal to the layer ids that ``transforms.chunk_tokens(layout, ...)`` assigns (``positions[..., 1]``).
+    """
+    ids = np.empty(layout.size, dtype=np.int64)
+    layer, weights = -1, {e.name.rsplit(".", 1)[0] for e in layout.entries if e.name.endswith(".weight")}
+    for entry in layout.entries:
+        module, _, kind = entry.name.rpartition(".")
+        if not (kind == "bias" and module in weights):
+            layer += 1
+        ids[entry.offset : entry.offset + entry.numel] = layer
+    return ids
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Mean and std per layer (``layer_ids``) of the training weights; standardise flat vectors or tokens."""
+
+    mean: torch.Tensor  # float32 [layers]
+    std: torch.Tensor  # float32 [layers], ≥ STD_FLOOR
+    ids: torch.Tensor  # int64 [D]: layer of every flat entry
+
+    @classmethod
+    def fit(cls, source: ZooSource, split: str = "train", max_rows: int | None = None) -> LayerStats:
+        """One streaming pass over (the first ``max_rows`` rows of) a split; float64 accumulators."""
+        ids = layer_ids(source.layout)
+        layers = int(ids.max()) + 1
+        total, squares, rows = np.zeros(layers), np.zeros(layers), 0
+        for batch in source.loader(split):
+            w = batch[WEIGHTS].double().numpy()[: None if max_rows is None else max_rows - rows]
+            total += np.bincount(ids, weights=w.sum(0), minlength=layers)
+            squares += np.bincount(ids, weights=(w * w).sum(0), minlength=layers)
+            rows += len(w)
+            if max_rows is not None and rows >= max_rows:
+                break
+        count = rows * np.bincount(ids, minlength=layers)
+        mean = total / count
+        std = np.maximum(np.sqrt(np.maximum(squares / count - mean**2, 0.0)), STD_FLOOR)
+        as32 = torch.float32
+        return cls(torch.tensor(mean, dtype=as32), torch.tensor(std, dtype=as32), torch.from_numpy(ids))
+
+    def to(self, device: str | torch.device) -> LayerStats:
+        return LayerStats(self.mean.to(device), self.std.to(device), self.ids.to(device))
+
+    def standardize(self, flat: torch.Tensor) -> torch.Tensor:
+        """[..., D] → (w − μ_l) / σ_l."""
+        return (flat - self.mean[self.ids]) / self.std[self.ids]
+
+    def restore(self, flat: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``standardize``."""
+        return flat * self.std[self.ids] + self.mean[self.ids]
+
+    def standardize_tokens(self, values: torch.Tensor, layers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Token values [..., T, L] of layers [..., T] → standardised, padding kept at zero."""
+        return (values - self.mean[layers][..., None]) / self.std[layers][..., None] * mask
+
+    def restore_tokens(self, values: torch.Tensor, layers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return (values * self.std[layers][..., None] + self.mean[layers][..., None]) * mask

@@ -1,0 +1,270 @@
+"""Hyper-representations (Schürholt et al. 2021; 2022): a transformer autoencoder over neuron tokens.
+
+Pipeline (baselines.md §4-5), scaled down so a 100-model digits zoo trains in minutes on 2 CPU cores:
+
+- tokens: one per output neuron / channel (``transforms.tokens_per_neuron``: incoming weights + bias,
+  zero-padded; 48 tokens of length 201 for CNN-s), embedded by a separate linear map per layer;
+- encoder: a learned compression token is prepended, learned positions added, pre-norm transformer
+  blocks; the compression token's output → Linear → tanh is the model's latent z ∈ [−1, 1]^latent;
+- decoder: Linear(z → T · d_model) + positions → blocks → a separate linear map per layer back to tokens;
+- loss: γ · NT-Xent(proj(z₁), proj(z₂)) + (1 − γ) · reconstruction over two augmented views, the
+  projection head an MLP with BatchNorm (R21). Reconstruction is the masked MSE of *standardised* tokens
+  (``data.LayerStats``: per-layer mean and std of the training weights), which is R22's layer-wise loss
+  normalisation Σ_l ‖ŵ_l − w_l‖² / σ_l² with "global_mean" reduction; decoding de-standardises;
+- views (``TwoViews``, run in DataLoader workers): a random function-preserving permutation each, then
+  random erasing (p 0.5, scale 0.02-0.33, block) and additive Gaussian noise.
+
+Documented choice (baselines.md §8.2): the reconstruction target is the *permuted* view without erasing
+and noise, so erasing and noise are denoising tasks; R21 reconstructed the corrupted view itself.
+Deviation from R21's configs: far smaller model (d_model 64, latent 32 vs 800 / 700) and lr 1e-3 instead of
+1e-4, for a budget of minutes instead of hundreds of epochs; constant learning rate.
+
+Caveat, measured on digits_cnn_seed (100 models × epochs 0-15): 98.5 % of the weight variance lies between
+models (their kaiming inits), 1.5 % along training. The latent then clusters by model (every checkpoint's
+nearest neighbour is the same model at another epoch), with training progress as a short trajectory
+inside each cluster, so linear probes across models find nothing (R² ≈ 0) and decoded samples are at
+chance; per-layer statistics, which ignore the init's draw, do not have this problem.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from modelzoos.baselines.data import LayerStats, ZooSource, epochs
+from modelzoos.loading import WEIGHTS
+from modelzoos.transforms import (
+    Compose,
+    GaussianNoise,
+    Permutation,
+    PermutationSpec,
+    RandomErasing,
+    Tokenizer,
+    tokens_per_neuron,
+)
+
+
+@dataclass(frozen=True)
+class HyperRepConfig:
+    """Sizes and training of the hyper-representation (defaults: digits CNN-s in ~1-3 min on 2 cores)."""
+
+    # architecture (R21 MNIST-seed: 2 blocks, d_model 800, 4 heads, FFN 900, latent 700)
+    d_model: int = 64
+    heads: int = 4
+    layers: int = 2  # transformer blocks in the encoder, and again in the decoder
+    ffn: int = 128
+    latent: int = 32
+    dropout: float = 0.1
+    projection: tuple[int, int] = (64, 32)  # hidden and output width of the contrastive head
+    # loss
+    gamma: float = 0.1  # weight of NT-Xent; (1 − γ) weighs the reconstruction (R21 seed zoos: 0.1)
+    temperature: float = 0.1
+    # augmentation
+    permutations: int = 1000  # precomputed permutation table (two independent draws per sample)
+    erase_p: float = 0.5
+    erase_scale: tuple[float, float] = (0.02, 0.33)  # fraction of the flat vector erased
+    noise: float = 0.01  # additive σ, in weight units
+    # optimisation
+    epochs: int = 40  # passes over the training rows
+    batch_size: int = 64
+    lr: float = 1e-3  # Adam
+    weight_decay: float = 1e-9
+    seed: int = 42
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Views and losses (SANE reuses them)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TwoViews:
+    """``(weights [B, D], rng) → [B, 4, D]``: target₁, input₁, target₂, input₂ (target = permuted,
+    input = permuted then corrupted). Picklable, so it runs in DataLoader workers."""
+
+    permutation: Permutation
+    corrupt: Compose
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        views = []
+        for _ in range(2):
+            target = self.permutation(x, rng)
+            views += [target, self.corrupt(target, rng)]
+        return np.stack(views, axis=1)
+
+
+def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent: positives (aᵢ, bᵢ), the other 2(N − 1) batch entries negatives, mean CE over 2N."""
+    z = F.normalize(torch.cat([a, b]), dim=1)
+    n = len(a)
+    sim = (z @ z.T / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), -math.inf)
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(sim, targets)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over real (mask True) token entries only."""
+    mask = mask.expand_as(pred).to(pred.dtype)
+    return ((pred - target) ** 2 * mask).sum() / mask.sum()
+
+
+def train_loop(model: nn.Module, loader: torch.utils.data.DataLoader,
+               losses: Callable[[dict], tuple[torch.Tensor, torch.Tensor]], *, n_epochs: int, gamma: float,
+               lr: float, weight_decay: float, progress: bool, desc: str) -> list[dict[str, float]]:
+    """Adam on γ · contrastive + (1 − γ) · reconstruction; returns the mean losses of every epoch."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    history = []
+    bar = tqdm(range(n_epochs), desc=desc, disable=not progress)
+    for epoch in bar:
+        model.train()
+        sums, steps = np.zeros(3), 0
+        for batch in epochs(loader, epoch):
+            rec, con = losses(batch)
+            loss = gamma * con + (1 - gamma) * rec
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums += [loss.item(), rec.item(), con.item()]
+            steps += 1
+        if steps == 0:
+            raise ValueError(f"{desc}: the training split gave no full batch; lower the batch size")
+        history.append(dict(zip(("loss", "reconstruction", "contrastive"), (sums / steps).tolist(), strict=True)))
+        bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", rec=f"{history[-1]['reconstruction']:.4f}")
+    return history
+
+
+def train_batch_size(source: ZooSource, wanted: int) -> int:
+    """``wanted``, but never more than the training rows (full batches only: BatchNorm heads need ≥ 2)."""
+    rows = source.info.num_rows.get("train") if source.epochs is None else None
+    rows = rows if rows is not None else len(source.metadata("train")["epoch"])
+    if rows < 2:
+        raise ValueError(f"the training split of {source.config!r} has {rows} row(s); contrastive training needs ≥ 2")
+    return max(2, min(wanted, rows))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The autoencoder
+# ---------------------------------------------------------------------------------------------------------
+
+
+class PerLayerLinear(nn.Module):
+    """A separate ``Linear(d_in → d_out)`` per layer, applied to every token by its layer id (R21's
+    per-layer embedders / debedders). Padded token entries are zero, so each layer sees only its own
+    inputs; weights start at std 1/√(fan-in of that layer)."""
+
+    def __init__(self, layer: torch.Tensor, fan_in: torch.Tensor, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.register_buffer("layer", layer, persistent=False)
+        std = fan_in.float().clamp(min=1).rsqrt().view(-1, 1, 1)
+        self.weight = nn.Parameter(torch.randn(len(fan_in), d_in, d_out) * std)
+        self.bias = nn.Parameter(torch.zeros(len(fan_in), d_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, d_in] → [B, T, d_out]."""
+        return torch.einsum("btl,tld->btd", x, self.weight[self.layer]) + self.bias[self.layer]
+
+
+def _blocks(config: HyperRepConfig) -> nn.TransformerEncoder:
+    block = nn.TransformerEncoderLayer(config.d_model, config.heads, config.ffn, config.dropout, batch_first=True,
+                                       norm_first=True)
+    return nn.TransformerEncoder(block, config.layers, norm=nn.LayerNorm(config.d_model), enable_nested_tensor=False)
+
+
+class HyperRepAE(nn.Module):
+    """Encoder (tokens [B, T, L] → z [B, latent]), decoder (z → tokens) and projection head (z → p)."""
+
+    def __init__(self, tokenizer: Tokenizer, config: HyperRepConfig) -> None:
+        super().__init__()
+        t, length, d = tokenizer.num_tokens, tokenizer.token_size, config.d_model
+        layer = torch.tensor(tokenizer.positions[:, 1])
+        mask = torch.tensor(tokenizer.mask)
+        fan_in = torch.stack([mask[layer == i].sum(1).max() for i in range(int(layer.max()) + 1)])
+        self.register_buffer("mask", mask, persistent=False)
+        self.embed = PerLayerLinear(layer, fan_in, length, d)
+        self.compression = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.enc_positions = nn.Parameter(torch.randn(1, t + 1, d) * 0.02)
+        self.encoder = _blocks(config)
+        self.to_latent = nn.Linear(d, config.latent)
+        self.from_latent = nn.Linear(config.latent, t * d)
+        self.dec_positions = nn.Parameter(torch.randn(1, t, d) * 0.02)
+        self.decoder = _blocks(config)
+        self.debed = PerLayerLinear(layer, torch.full_like(fan_in, d), d, length)
+        hidden, out = config.projection
+        self.head = nn.Sequential(nn.Linear(config.latent, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                                  nn.Linear(hidden, out), nn.BatchNorm1d(out))
+        self.shape = (t, d)
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        x = torch.cat([self.compression.expand(len(x), -1, -1), x], dim=1) + self.enc_positions
+        return torch.tanh(self.to_latent(self.encoder(x)[:, 0]))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.from_latent(z).view(len(z), *self.shape) + self.dec_positions
+        return self.debed(self.decoder(x)) * self.mask
+
+
+@dataclass
+class HyperRep:
+    """A trained hyper-representation: embed weights into z, decode z into weights (flat float32 [B, D])."""
+
+    model: HyperRepAE
+    tokenizer: Tokenizer
+    stats: LayerStats
+    config: HyperRepConfig
+    history: list[dict[str, float]] = field(repr=False)
+    device: torch.device
+
+    @torch.no_grad()
+    def embed(self, weights: torch.Tensor) -> torch.Tensor:
+        """Un-augmented flat weights [B, D] → latents [B, latent] (CPU)."""
+        self.model.eval()
+        tokens = self.tokenizer.tokenize(self.stats.standardize(weights.to(self.device))).values
+        return self.model.encode(tokens).cpu()
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents [B, latent] → flat weights [B, D] (CPU, de-standardised)."""
+        self.model.eval()
+        tokens = self.model.decode(torch.as_tensor(z, dtype=torch.float32, device=self.device))
+        return self.stats.restore(self.tokenizer.detokenize(tokens)).cpu()
+
+    def embed_batches(self, batches: Iterable[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([self.embed(b) for b in batches])
+
+
+def train_hyperrep(source: ZooSource, config: HyperRepConfig = HyperRepConfig(), *,
+                   device: str | torch.device = "cpu", progress: bool = True) -> HyperRep:
+    """Train a hyper-representation on the training split of ``source`` (module docstring)."""
+    zoo = source.info.zoo
+    if zoo.architecture not in ("cnn", "cnn_m"):
+        raise ValueError(f"hyperrep encodes a whole model in one sequence of neuron tokens and supports the CNN "
+                         f"zoos; {source.config!r} is {zoo.architecture!r}: use the sane baseline (windows)")
+    device = torch.device(device)
+    torch.manual_seed(config.seed)
+    tokenizer = tokens_per_neuron(source.layout)
+    stats = LayerStats.fit(source).to(device)
+    model = HyperRepAE(tokenizer, config).to(device)
+    views = TwoViews(Permutation(PermutationSpec.of(source.layout, zoo.architecture), config.permutations, config.seed),
+                     Compose([RandomErasing(config.erase_p, config.erase_scale), GaussianNoise(config.noise)]))
+    loader = source.loader("train", transform=views, shuffle=True, seed=config.seed, drop_last=True,
+                           batch_size=train_batch_size(source, config.batch_size))
+
+    def losses(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        w = stats.standardize(batch[WEIGHTS].to(device))  # [B, 4, D]
+        tokens = tokenizer.tokenize(w).values  # [B, 4, T, L]
+        z = model.encode(tokens[:, 1::2].flatten(0, 1))  # inputs: [2B, latent], views of a sample adjacent
+        rec = masked_mse(model.decode(z), tokens[:, 0::2].flatten(0, 1), model.mask)
+        z1, z2 = z.view(len(w), 2, -1).unbind(1)
+        return rec, nt_xent(model.head(z1), model.head(z2), config.temperature)
+
+    history = train_loop(model, loader, losses, n_epochs=config.epochs, gamma=config.gamma, lr=config.lr,
+                         weight_decay=config.weight_decay, progress=progress, desc="hyperrep")
+    return HyperRep(model.eval(), tokenizer, stats, config, history, device)
