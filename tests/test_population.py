@@ -47,7 +47,7 @@ def test_population_matches_reference_per_model(mixed_zoo, digits_data):
             for split in ("train", "val", "test"):
                 assert abs(pop[e].metrics[f"{split}_acc"][i] - ref[e].metrics[f"{split}_acc"][0]) <= 0.01
                 assert pop[e].metrics[f"{split}_loss"][i] == pytest.approx(ref[e].metrics[f"{split}_loss"][0],
-                                                                           rel=1e-3)
+                                                                           rel=1e-2)
 
 
 def test_population_is_deterministic_and_resumable(mixed_zoo, digits_data):
