@@ -295,12 +295,25 @@ def unknown_zoo(name: str) -> SpecError:
 _GRAMMAR = re.compile(r"^([a-z0-9]+)_(cnn_m|cnn|resnet18)_(seed|hyp_rand|hyp_fix)$")
 
 
+TWIN_METHODS = ("vd", "mp")  # sparsified twins: variational dropout, magnitude pruning (modelzoos.twins)
+_TWIN = re.compile(r"^(.+)_sparse_(vd|mp)$")
+
+
+def twin_name(zoo: str, method: str) -> str:
+    """The name of the sparsified twins of zoo ``zoo`` (also their dataset config): ``<zoo>_sparse_<method>``."""
+    return f"{zoo}_sparse_{method}"
+
+
 def _order(name: str) -> tuple:
-    """Table order: dataset, then architecture, then config; names off the grammar go last."""
-    match = _GRAMMAR.match(name)
+    """Table order: dataset, then architecture, then config, twins right after their zoo; names off the
+    grammar go last."""
+    twin = _TWIN.match(name)
+    base, rank = (twin[1], TWIN_METHODS.index(twin[2]) + 1) if twin else (name, 0)
+    match = _GRAMMAR.match(base)
     if not match or match[1] not in DATASETS:
-        return (len(DATASETS), 0, 0, name)
-    return (DATASETS.index(match[1]), ("cnn", "cnn_m", "resnet18").index(match[2]), CONFIGS.index(match[3]), name)
+        return (len(DATASETS), 0, 0, base, rank)
+    return (DATASETS.index(match[1]), ("cnn", "cnn_m", "resnet18").index(match[2]), CONFIGS.index(match[3]), base,
+            rank)
 
 
 def zoo_names() -> list[str]:

@@ -1,7 +1,8 @@
 """The ``modelzoos`` command line.
 
-``zoos`` (the catalogue), ``generate`` (train a zoo into a directory), ``build`` (zoo directories → a
-Hugging Face dataset repository folder), ``push`` (publish that folder on the Hub).
+``zoos`` (the catalogue), ``generate`` (train a zoo into a directory), ``twins`` (sparsify a trained zoo),
+``build`` (zoo directories → a Hugging Face dataset repository folder), ``push`` (publish that folder on the
+Hub), ``bench`` (weight-space baselines on a published config).
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_twins(args: argparse.Namespace) -> int:
+    from modelzoos.twins import cli_twins
+
+    return cli_twins(args)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from modelzoos.publish import cli_build
 
@@ -113,6 +120,19 @@ def parser() -> argparse.ArgumentParser:
                    help="Ray cluster host:port or 'auto' (default: $RAY_ADDRESS, else a local Ray instance)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=cmd_generate)
+
+    t = sub.add_parser("twins", help="sparsify every final model of a trained CNN zoo directory (resumable)")
+    t.add_argument("source", help="zoo directory written by `modelzoos generate` (finished)")
+    t.add_argument("--method", required=True, choices=catalogue.TWIN_METHODS,
+                   help="vd: variational dropout (as the original twins); mp: magnitude pruning")
+    t.add_argument("--out", required=True, help="twin directory to write (rerun to resume)")
+    t.add_argument("--models", type=int, default=None, help="sparsify only the first N models of the source")
+    t.add_argument("--epochs", type=int, default=None, help="stop after E of the 25 twin epochs")
+    t.add_argument("--chunk-size", type=int, default=None, help="models sparsified together (default: all)")
+    t.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    t.add_argument("--data-root", default=None, help="folder holding the image datasets (as for generate)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_twins)
 
     b = sub.add_parser("build", help="turn zoo directories into a Hugging Face dataset repository folder")
     b.add_argument("zoo_dirs", nargs="+", help="zoo directories written by `modelzoos generate`")

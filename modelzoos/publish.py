@@ -58,7 +58,7 @@ WEIGHTS_COLUMN_PATH = "weights.list.element"  # the Parquet leaf of fixed_size_l
 PARQUET_OPTIONS = {
     "compression": "zstd",
     "use_dictionary": [f.name for f in COLUMNS if f.type == pa.string()],  # never on the weights
-    "column_encoding": {WEIGHTS_COLUMN_PATH: "BYTE_STREAM_SPLIT"},
+    "column_encoding": {WEIGHTS_COLUMN_PATH: "BYTE_STREAM_SPLIT"},  # + every other vector column's leaf
     "write_page_index": True,
 }
 COLUMN_DOCS = {
@@ -83,7 +83,11 @@ COLUMN_DOCS = {
     "test_acc": "eval-mode accuracy in [0, 1]",
     "ggap": "train_acc − test_acc",
     "nonfinite": "the state holds NaN or ±inf weights",
+    "sparsity": "sparsified twins only: zeroed conv + linear weights ÷ all conv + linear weights (biases excluded)",
 }
+# Sparsified twins (modelzoos.twins): configs <zoo>_sparse_<method> have these columns in addition.
+TWIN_COLUMNS: tuple[pa.Field, ...] = (pa.field("sparsity", pa.float64()),)
+LOG_SIGMA2 = "log_sigma2"  # variational-dropout twins: float32 [D'] per row, layout twins.log_sigma2_layout
 CITATION = """@inproceedings{schurholt2022modelzoos,
   title     = {Model Zoos: A Dataset of Diverse Populations of Neural Network Models},
   author    = {Sch{\\"u}rholt, Konstantin and Taskiran, Diyar and Knyazev, Boris and Gir{\\'o}-i-Nieto, Xavier and Borth, Damian},
@@ -100,16 +104,32 @@ _SHARD = re.compile(r"^(?P<split>[a-z]+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.parquet$"
 # ---------------------------------------------------------------------------------------------------------
 
 
-def features(dim: int) -> Features:
-    """The datasets features of a config whose flat weight vectors have length ``dim``."""
-    cols = {f.name: Value(_VALUE[f.type]) for f in COLUMNS}
-    return Features({**cols, "weights": List(Value("float32"), length=dim)})
+def scalar_columns(twins: dict | None = None) -> tuple[pa.Field, ...]:
+    """The metadata columns of a config (before the vectors): COLUMNS, plus TWIN_COLUMNS for twin configs."""
+    return COLUMNS + (TWIN_COLUMNS if twins else ())
+
+
+def vector_columns(dim: int, twins: dict | None = None) -> dict[str, int]:
+    """{column: length} of the float32 vector columns: ``weights`` [D], plus ``log_sigma2`` [D'] for VD twins."""
+    vectors = {"weights": dim}
+    if twins and "log_sigma2_layout" in twins:
+        last = twins["log_sigma2_layout"][-1]
+        vectors[LOG_SIGMA2] = last["offset"] + math.prod(last["shape"])
+    return vectors
+
+
+def features(dim: int, twins: dict | None = None) -> Features:
+    """The datasets features of a config whose flat weight vectors have length ``dim``; ``twins`` is the
+    ``twins`` record of a sparsified-twin config (adds ``sparsity`` and, for VD, ``log_sigma2``)."""
+    cols = {f.name: Value(_VALUE[f.type]) for f in scalar_columns(twins)}
+    vectors = {name: List(Value("float32"), length=n) for name, n in vector_columns(dim, twins).items()}
+    return Features({**cols, **vectors})
 
 
 def arrow_schema(dim: int, config_json: dict) -> pa.Schema:
     """Arrow schema of the Parquet shards: the features under "huggingface" (as datasets writes them) and the
     config's zoo.json under "modelzoos"."""
-    schema = features(dim).arrow_schema
+    schema = features(dim, config_json.get("twins")).arrow_schema
     return schema.with_metadata({**schema.metadata, b"modelzoos": json.dumps(config_json).encode()})
 
 
@@ -170,6 +190,12 @@ class _Source:
     def dim(self) -> int:
         return self.zd.layout.size
 
+    @property
+    def twins(self) -> dict | None:
+        """The zoo directory's ``twins`` record without the local source path (None for a trained zoo)."""
+        twins = self.zd.info.get("twins")
+        return {k: v for k, v in twins.items() if k != "source_path"} if twins else None
+
 
 def _open_sources(zoo_dirs: list[Path]) -> list[_Source]:
     if not zoo_dirs:
@@ -200,7 +226,8 @@ def _open_sources(zoo_dirs: list[Path]) -> list[_Source]:
 
 
 def _config_json(src: _Source, splits: dict[str, list[int]], num_rows: dict[str, int]) -> dict:
-    return {
+    twins = {"twins": src.twins} if src.twins else {}
+    return twins | {
         "format_version": 1,
         "config": src.name,
         "zoo": json.loads(json.dumps(src.zd.zoo.to_dict())),  # as plain JSON (tuples → lists)
@@ -218,8 +245,9 @@ def _config_json(src: _Source, splits: dict[str, list[int]], num_rows: dict[str,
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _read_weights(zd: ZooDir, rows: np.ndarray, out: np.ndarray) -> None:
-    """Fill ``out[i]`` with the weights of metadata row ``rows[i]``, reading only those rows of each file."""
+def _read_weights(zd: ZooDir, rows: np.ndarray, out: np.ndarray, tensor_name: str = "weights") -> None:
+    """Fill ``out[i]`` with the ``tensor_name`` vector (default the weights) of metadata row ``rows[i]``,
+    reading only those rows of each file."""
     files = zd.metadata["weights_file"].to_numpy()[rows]
     file_rows = zd.metadata["weights_row"].to_numpy()[rows]
     by_file: dict[str, list[int]] = defaultdict(list)
@@ -229,10 +257,10 @@ def _read_weights(zd: ZooDir, rows: np.ndarray, out: np.ndarray) -> None:
         path = zd.path / file
         try:
             with safe_open(str(path), framework="numpy") as f:
-                tensor = f.get_slice("weights")
+                tensor = f.get_slice(tensor_name)
                 shape = tensor.get_shape()
                 if len(shape) != 2 or shape[1] != out.shape[1]:
-                    raise ZooFileError(f"{path} holds a weights tensor of shape {shape}, the layout says "
+                    raise ZooFileError(f"{path} holds a {tensor_name} tensor of shape {shape}, the layout says "
                                        f"[models, {out.shape[1]}]: the file belongs to another zoo")
                 for i in positions:
                     r = int(file_rows[i])
@@ -244,12 +272,12 @@ def _read_weights(zd: ZooDir, rows: np.ndarray, out: np.ndarray) -> None:
                                f"{path.parent} and rerun its `modelzoos generate` command") from err
 
 
-def _row_group(frame_columns: dict[str, np.ndarray], rows: np.ndarray, weights: np.ndarray,
+def _row_group(frame_columns: dict[str, np.ndarray], rows: np.ndarray, vectors: dict[str, np.ndarray],
                schema: pa.Schema) -> pa.Table:
-    """One row group: the metadata columns at ``rows`` and the weights [len(rows), D] (zero-copy)."""
-    arrays = [pa.array(frame_columns[f.name][rows], type=f.type) for f in COLUMNS]
-    flat = pa.array(weights.reshape(-1))
-    arrays.append(pa.FixedSizeListArray.from_arrays(flat, type=schema.field("weights").type))
+    """One row group: the metadata columns at ``rows`` and the vector columns, each [len(rows), n] (zero-copy)."""
+    arrays = [pa.array(frame_columns[name][rows], type=schema.field(name).type) for name in frame_columns]
+    for name, values in vectors.items():
+        arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), type=schema.field(name).type))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -260,13 +288,16 @@ def _write_shard(path: Path, src: _Source, schema: pa.Schema, rows: np.ndarray, 
     An empty split gets a file with the schema and no row group (datasets reads it as 0 rows; a row group of
     0 rows would make it fail with "BatchSize must be greater than 0").
     """
-    with pq.ParquetWriter(path, schema, **PARQUET_OPTIONS) as writer:
+    vectors = vector_columns(src.dim, src.twins)
+    encoding = {f"{name}.list.element": "BYTE_STREAM_SPLIT" for name in vectors}
+    with pq.ParquetWriter(path, schema, **(PARQUET_OPTIONS | {"column_encoding": encoding})) as writer:
         start = 0
         for size in groups:
             sel = rows[start : start + size]
-            weights = np.empty((size, src.dim), dtype=np.float32)
-            _read_weights(src.zd, sel, weights)
-            writer.write_table(_row_group(frame_columns, sel, weights, schema), row_group_size=size)
+            values = {name: np.empty((size, n), dtype=np.float32) for name, n in vectors.items()}
+            for name, out in values.items():
+                _read_weights(src.zd, sel, out, name)
+            writer.write_table(_row_group(frame_columns, sel, values, schema), row_group_size=size)
             bar.update(size)
             start += size
     with open(path, "rb") as f:
@@ -291,7 +322,7 @@ def _build_config(src: _Source, cdir: Path, *, row_group_bytes: int, max_file_by
     split_rows = {s: order[np.isin(model_of, ids)] for s, ids in splits.items()}
     config = _config_json(src, splits, {s: len(r) for s, r in split_rows.items()})
     schema = arrow_schema(src.dim, config)
-    frame_columns = {f.name: meta[f.name].to_numpy() for f in COLUMNS}
+    frame_columns = {f.name: meta[f.name].to_numpy() for f in scalar_columns(src.twins)}
 
     created = not cdir.exists()
     cdir.mkdir(parents=True, exist_ok=True)
@@ -301,8 +332,8 @@ def _build_config(src: _Source, cdir: Path, *, row_group_bytes: int, max_file_by
     try:
         with tqdm(total=len(meta), desc=src.name, unit="row", disable=not progress) as bar:
             for split, rows in split_rows.items():
-                plan = plan_shards(len(rows), src.dim, row_group_bytes=row_group_bytes,
-                                   max_file_bytes=max_file_bytes)
+                plan = plan_shards(len(rows), sum(vector_columns(src.dim, src.twins).values()),
+                                   row_group_bytes=row_group_bytes, max_file_bytes=max_file_bytes)
                 start = 0
                 for i, groups in enumerate(plan):
                     final = cdir / shard_name(split, i, len(plan))
@@ -438,9 +469,16 @@ def _config_section(name: str, cfg: dict, repo_id: str) -> str:
                    f"{' (also on validation)' if recipe.get('augment_val') else ''}; images train / val / test "
                    f"{sizes.get('train', '?'):,} / {sizes.get('val', '?'):,} / {sizes.get('test', '?'):,} "
                    f"(split seed {recipe.get('split_seed', '?')}); {cfg['data'].get('num_classes', '?')} classes")
-    columns = [[f"`{f.name}`", _VALUE[f.type], COLUMN_DOCS[f.name]] for f in COLUMNS]
+    twins = cfg.get("twins")
+    columns = [[f"`{f.name}`", _VALUE[f.type], COLUMN_DOCS[f.name]] for f in scalar_columns(twins)]
     columns.append(["`weights`", f"fixed_size_list<float32>[{dim}]",
-                    f"the flat state, `List(Value(\"float32\"), length={dim})`; layout below"])
+                    f"the flat state, `List(Value(\"float32\"), length={dim})`; layout below"
+                    + ("; sparse: masked weights are exactly 0" if twins else "")])
+    if LOG_SIGMA2 in vector_columns(dim, twins):
+        n = vector_columns(dim, twins)[LOG_SIGMA2]
+        columns.append([f"`{LOG_SIGMA2}`", f"fixed_size_list<float32>[{n}]",
+                        "variational dropout's log σ² of every conv weight, conv bias and linear weight "
+                        "(layout `twins.log_sigma2_layout` of zoo.json); log α = log σ² − 2·log(|w| + 1e-15)"])
     layout_rows = [[f"`{e['name']}`", "×".join(map(str, e["shape"])) or "scalar", str(e["offset"]), e["kind"]]
                    for e in layout]
     return _template("config_section.md.tmpl").substitute(
@@ -472,7 +510,29 @@ def _config_section(name: str, cfg: dict, repo_id: str) -> str:
         layout_table=_md_table(["tensor", "shape", "offset", "kind"], layout_rows),
         repo_id=repo_id,
         last_epoch=str(epochs[-1]),
+        twins=_twins_section(twins),
     )
+
+
+_METHODS = {
+    "vd": ("variational dropout (Molchanov et al. 2017, arXiv 1701.05369) as the original twins: per-weight "
+           "log σ² initialised to −10, local reparameterisation, KL weight min(1, 0.01·e/25), weights with "
+           "log α ≥ 3 zeroed"),
+    "mp": ("gradual global magnitude pruning (Zhu & Gupta 2017, arXiv 1710.01878) to 80 % of the conv + linear "
+           "weights on a cubic schedule over 20 epochs, then 5 epochs of fine-tuning; our settings (the original "
+           "published none)"),
+}
+
+
+def _twins_section(twins: dict | None) -> str:
+    if not twins:
+        return ""
+    src = twins["source_run"]["zoo"]["name"]
+    return (f"**Sparsified twins** of `{src}`: every model's state after epoch {twins['source_epoch']} trained "
+            f"for 25 more epochs with {_METHODS[twins['method']]}. Epoch 0 is the dense source model (its "
+            "accuracy equals the source's final one), epochs 1–25 the sparse model after each epoch; column "
+            "`sparsity` per row. Settings (also under `twins` in `zoo.json`): "
+            f"`{json.dumps(twins['settings'], ensure_ascii=False)}`.\n")
 
 
 def render_card(repo: Path, *, repo_id: str | None = None) -> str:
@@ -647,10 +707,11 @@ def _check_config(repo: Path, name: str, problems: list[str]) -> None:
                 problems.append(f"{f}: schema differs from {reference[0]}")
             if f.stat().st_size > MAX_FILE_BYTES:
                 problems.append(f"{f}: {f.stat().st_size:,} bytes, more than the {MAX_FILE_BYTES:,} allowed")
+            floats = sum(vector_columns(dim, cfg.get("twins")).values())
             for g in range(pf.metadata.num_row_groups):
                 n = pf.metadata.row_group(g).num_rows
-                if n > 1 and n * dim * 4 > ROW_GROUP_BYTES:
-                    problems.append(f"{f}: row group {g} holds {n * dim * 4:,} bytes of weights, more than "
+                if n > 1 and n * floats * 4 > ROW_GROUP_BYTES:
+                    problems.append(f"{f}: row group {g} holds {n * floats * 4:,} bytes of weights, more than "
                                     f"{ROW_GROUP_BYTES:,}")
             rows += len(ids)
             models.update(int(m) for m in np.unique(ids))
@@ -666,14 +727,14 @@ def _check_schema(path: Path, schema: pa.Schema, cfg: dict, dim: int, problems: 
     if not (pa.types.is_fixed_size_list(weights) and weights.list_size == dim
             and weights.value_type == pa.float32()):
         problems.append(f"{path}: column weights is {weights}, zoo.json's layout needs fixed_size_list<float>[{dim}]")
-    expected = [f.name for f in COLUMNS] + ["weights"]
-    if schema.names != expected:
-        problems.append(f"{path}: columns {schema.names}, expected {expected}")
+    expected_features = features(dim, cfg.get("twins"))
+    if schema.names != list(expected_features):
+        problems.append(f"{path}: columns {schema.names}, expected {list(expected_features)}")
     metadata = schema.metadata or {}
     try:
         feats = Features.from_arrow_schema(schema)
-        if feats != features(dim):
-            problems.append(f"{path}: datasets features {feats} differ from the expected {features(dim)}")
+        if feats != expected_features:
+            problems.append(f"{path}: datasets features {feats} differ from the expected {expected_features}")
     except (ValueError, TypeError, KeyError, json.JSONDecodeError) as err:
         problems.append(f"{path}: unreadable `huggingface` schema metadata ({err})")
     if b"huggingface" not in metadata:

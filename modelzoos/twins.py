@@ -1,0 +1,588 @@
+"""Sparsified model zoo twins (protocol §8): every final model of a finished CNN zoo, sparsified for 25 epochs.
+
+``sparsify(source, out, method)`` reads a zoo directory written by ``modelzoos generate``, loads every
+model's final state and trains it on for ``TWIN_EPOCHS`` epochs with one of two methods, many models at
+once along a model axis exactly like the population engine (grouped convolutions, batched matmuls,
+per-model Adam/SGD with the source model's lr and weight decay, counter-based randomness keyed by the
+model's seed). The result is a zoo directory in the same format (docs/format.md).
+
+Methods
+-------
+``vd``  Variational dropout with ARD layers (Molchanov et al. 2017, arXiv 1701.05369), as the original
+        twins (MZD ``def_net_distillation.py``, adapted from ``pytorch_ard``): every conv and linear weight
+        and every conv bias gets a ``log σ²`` initialised to −10; log α = log σ² − 2·log(|w| + 1e-15),
+        clipped to [−8, 8] (conv) / [−10, 10] (linear). Training forward: local reparameterisation
+        (pre-activation mean plus √(1e-15 + variance)·ε, conv biases noised by their own α, linear
+        biases deterministic). Loss: cross-entropy + kl_weight · Σ −KL, the approximation with
+        k1, k2, k3 = 0.63576, 1.8732, 1.48695 over conv weights, conv biases and linear weights;
+        kl_weight(e) = min(1, 0.01·e/25) for the e-th training epoch counted from 0 (0 … 0.0096).
+        Eval: weights with log α ≥ 3 are zeroed, conv biases by their own α. The optimizer runs over
+        every parameter incl. log σ² (coupled L2 on log σ² too, as the original's optimizer did).
+``mp``  Global magnitude pruning with gradual pruning (Zhu & Gupta 2017, arXiv 1710.01878). TWINS
+        (arXiv 2304.13718) used magnitude pruning but published no settings; ours: per model, over all
+        conv and linear weights together (biases never pruned), target sparsity 0.8 (the VD twins'
+        reported level) reached on the cubic schedule s(e) = 0.8·(1 − (1 − e/20)³) at the start of
+        training epochs e = 1 … 20, then 5 fine-tuning epochs at 0.8. Pruning zeroes the smallest |w|;
+        pruned weights stay exactly zero (re-masked after every optimizer step), so masks only grow.
+        Loss: cross-entropy; optimizer and hyperparameters as the source model's.
+
+Both: a fresh optimizer (the original loaded weights only), the source's batch size and dropout
+probability, data order ``randomness.permutation`` on a stream of its own (``DATA_ORDER_STREAM``),
+dropout masks and VD noise (Box–Muller on ``randomness.uniform``) on streams of their own, so a twin
+never replays its source's draws. TF32 off unless ``MODELZOOS_TF32=1`` (as the population engine).
+
+Records (epochs 0 … 25, ``metadata.parquet`` with the extra column ``sparsity``)
+---------------------------------------------------------------------------------
+Epoch 0 is the loaded dense model, evaluated exactly as the population engine evaluates it, so its
+test accuracy equals the source's last-epoch one; its sparsity is 0 (deviation: the original evaluated
+the ARD model at iteration 0, which already drops the weights with |w| < e^−6.5 ≈ 0.0015 through the
+log α ≥ 3 rule). Epoch e ≥ 1: ``train_*`` is the running mean of the epoch's train-mode forwards (VD:
+noisy, so train accuracy sits below test accuracy and ggap turns negative, as in the original),
+``val_*``/``test_*`` a clean eval pass of the sparse model. Losses are cross-entropy only (the original
+logged the ELBO, cross-entropy + kl_weight·KL). ``sparsity`` = (zeroed weights) / (conv + linear
+weights), biases excluded from both counts, as the original's ``sparsity_ratio``.
+
+Files: ``weights`` float32 [M, D] holds the SPARSE state in the zoo's layout (masked weights and
+masked conv biases exactly 0). VD files also hold ``log_sigma2`` float32 [M, D'] for the conv weights,
+conv biases and linear weights, in the layout ``twins.log_sigma2_layout`` of zoo.json; log α recomputed
+from the stored (w, log σ²) is ≥ 3 exactly where w = 0 (from epoch 1 on). zoo.json's ``run.zoo`` is the
+source spec renamed ``<source>_sparse_<method>`` with ``epochs = 25``; its ``twins`` section records the
+method, its settings and the source run. Resumable like ``generate`` (per-chunk state files).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from modelzoos import randomness
+from modelzoos.architectures import Entry, Layout, build_model
+from modelzoos.catalogue import TWIN_EPOCHS, TWIN_METHODS, ModelConfig, Zoo, twin_name
+from modelzoos.data import ImageData, load_image_data
+from modelzoos.export import (
+    FORMAT_VERSION,
+    HYPERPARAMETERS,
+    METADATA_SCHEMA,
+    Run,
+    ZooDir,
+    ZooFileError,
+    _atomic,
+    _epoch_path,
+    _resume_point,
+    _zoo_json,
+    chunk_dir,
+    read_safetensors,
+    write_json,
+    write_safetensors,
+)
+from modelzoos.population import Group, PopulationCNN, _evaluate, _pack_state, _unpack_state, adam_step, sgd_step
+from modelzoos.training import METRICS, EpochResult
+
+METHODS = TWIN_METHODS
+ARCHITECTURES = ("cnn", "cnn_m")  # ARD layers exist for the CNNs only (CNN_ARD, CNN3_ARD)
+
+# Variational dropout (protocol §8; Molchanov et al. 2017)
+LOG_SIGMA2_INIT = -10.0
+LOG_ALPHA_CLIP = {"conv": (-8.0, 8.0), "linear": (-10.0, 10.0)}
+LOG_ALPHA_THRESHOLD = 3.0  # eval: weights with log α ≥ 3 are zeroed
+K1, K2, K3 = 0.63576, 1.8732, 1.48695  # Molchanov's KL approximation
+KL_RAMP = 0.01  # kl_weight = min(1, KL_RAMP · e / TWIN_EPOCHS), e = 0-based training epoch
+EPS = 1e-15  # inside log|w| and the variance's square root, as the original
+
+# Magnitude pruning (our documented choice; TWINS published none)
+MP_TARGET = 0.8  # final fraction of conv + linear weights pruned
+MP_RAMP_EPOCHS = 20  # cubic ramp over training epochs 1..20, then fine-tuning at MP_TARGET
+
+SETTINGS = {
+    "vd": {"log_sigma2_init": LOG_SIGMA2_INIT, "log_alpha_clip": LOG_ALPHA_CLIP,
+           "log_alpha_threshold": LOG_ALPHA_THRESHOLD, "kl_constants": [K1, K2, K3],
+           "kl_weight": f"min(1, {KL_RAMP}*e/{TWIN_EPOCHS}), e = 0-based training epoch", "epochs": TWIN_EPOCHS},
+    "mp": {"scope": "global per model over conv and linear weights, biases never pruned",
+           "target_sparsity": MP_TARGET, "ramp_epochs": MP_RAMP_EPOCHS,
+           "schedule": f"s(e) = {MP_TARGET}*(1-(1-min(e,{MP_RAMP_EPOCHS})/{MP_RAMP_EPOCHS})**3), "
+                       "applied at the start of training epoch e",
+           "epochs": TWIN_EPOCHS},
+}
+# The original twin experiment directories (protocol §8); other twins have none.
+SOURCES = {("mnist_cnn_seed", "vd"): "cnn_small_mnist_ard", ("svhn_cnn_seed", "vd"): "cnn_small_svhn_ard"}
+
+# randomness streams of the twins, disjoint from those of zoo training (1..8, 16 + layer)
+DATA_ORDER_STREAM = 64
+DROPOUT_STREAM = 80  # + layer index
+NOISE_STREAM = 96  # + 2·layer index; + 1 for the second uniform of Box–Muller
+
+# metadata.parquet of a twin directory: the zoo schema plus the sparsity of each state
+TWIN_SCHEMA = pa.schema([*METADATA_SCHEMA, ("sparsity", pa.float64())])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batched sparsification network
+# ---------------------------------------------------------------------------------------------------------
+
+
+def normal(seeds: torch.Tensor, stream: int, step: int, n: int) -> torch.Tensor:
+    """Standard normal float32 [M, n], element i of model m a pure function of (seed m, stream, step, i).
+
+    Box–Muller on pairs: uniforms u1, u2 of pair k (streams ``stream``, ``stream + 1``) give elements 2k
+    (r·cos θ) and 2k + 1 (r·sin θ), r = √(−2 ln(1 − u1)), θ = 2π·u2; |ε| ≤ 5.8 (24-bit uniforms).
+    """
+    pairs = torch.arange((n + 1) // 2, device=seeds.device)
+    u1 = randomness.uniform(seeds.view(-1, 1), stream, step, pairs)
+    u2 = randomness.uniform(seeds.view(-1, 1), stream + 1, step, pairs)
+    r = torch.sqrt(-2.0 * torch.log1p(-u1))
+    theta = (2 * math.pi) * u2
+    return torch.stack((r * torch.cos(theta), r * torch.sin(theta)), dim=-1).reshape(seeds.numel(), -1)[:, :n]
+
+
+def log_alpha(log_sigma2: torch.Tensor, w: torch.Tensor, kind: str) -> torch.Tensor:
+    lo, hi = LOG_ALPHA_CLIP[kind]
+    return torch.clamp(log_sigma2 - 2 * torch.log(torch.abs(w) + EPS), lo, hi)
+
+
+def neg_kl(la: torch.Tensor) -> torch.Tensor:
+    """−KL(q‖p) approximation per element (Molchanov et al. 2017, eq. 14), ≥ 0, decreasing in log α."""
+    return -(K1 * torch.sigmoid(K2 + K3 * la) - 0.5 * torch.log1p(torch.exp(-la)) - K1)
+
+
+class TwinCNN:
+    """Batched train forward of M sparsified CNNs; eval runs the population engine's forward on sparse weights.
+
+    Parameters: ``"<layer>.weight"``, ``"<layer>.bias"`` [M, *shape] as in the zoo layout; VD adds
+    ``"<layer>.weight.log_sigma2"`` (every layer) and ``"<layer>.bias.log_sigma2"`` (conv layers).
+    """
+
+    def __init__(self, zoo: Zoo, activation: str, method: str) -> None:
+        template = build_model(zoo.architecture, in_channels=zoo.in_channels, num_classes=zoo.num_classes)
+        self.eval_net = PopulationCNN(template, activation)
+        self.specs = self.eval_net.specs
+        self.act = self.eval_net.act
+        self.vd = method == "vd"
+
+    def ard_tensors(self) -> list[tuple[str, str]]:
+        """(parameter name, layer kind) of every tensor with a log σ²: conv weights and biases, linear weights."""
+        out = []
+        for spec in self.specs:
+            out.append((f"{spec.name}.weight", spec.kind))
+            if spec.kind == "conv":
+                out.append((f"{spec.name}.bias", spec.kind))
+        return out
+
+    def weight_names(self) -> list[str]:
+        """The prunable tensors (sparsity counts their elements): every conv and linear weight."""
+        return [f"{spec.name}.weight" for spec in self.specs]
+
+    def forward(self, params: dict[str, torch.Tensor], x: torch.Tensor, seeds: torch.Tensor, p: torch.Tensor,
+                step: int) -> torch.Tensor:
+        """Train-mode logits [M, B, classes] for inputs [M, B, C, H, W] at global twin step ``step``."""
+        m, b = x.shape[0], x.shape[1]
+        h = x.transpose(0, 1).reshape(b, -1, *x.shape[-2:])  # [B, M·C, H, W]
+        for i, spec in enumerate(self.specs):
+            w, bias = params[f"{spec.name}.weight"], params[f"{spec.name}.bias"]
+            if spec.kind == "conv":
+                out = w.shape[1]
+                h_in = h
+                h = F.conv2d(h_in, w.reshape(m * out, *w.shape[2:]), bias.reshape(-1), groups=m)
+                if self.vd:
+                    var_w = torch.exp(log_alpha(params[f"{spec.name}.weight.log_sigma2"], w, "conv")) * w * w
+                    var_b = torch.exp(log_alpha(params[f"{spec.name}.bias.log_sigma2"], bias, "conv")) * bias * bias
+                    var = F.conv2d(h_in * h_in, var_w.reshape(m * out, *w.shape[2:]), var_b.reshape(-1), groups=m)
+                    hh, ww = h.shape[-2:]
+                    eps = normal(seeds, NOISE_STREAM + 2 * i, step, b * out * hh * ww)  # per model [B, O, H, W]
+                    eps = eps.view(m, b, out, hh, ww).transpose(0, 1).reshape(h.shape)
+                    h = h + torch.sqrt(EPS + var) * eps
+                if spec.pool:
+                    h = F.max_pool2d(h, 2, 2)
+            else:
+                if h.dim() == 4:  # flatten channel-major per model: [B, M·C, H, W] → [M, B, C·H·W]
+                    h = h.reshape(b, m, -1).transpose(0, 1)
+                mu = torch.bmm(h, w.transpose(1, 2))
+                if self.vd:
+                    var_w = torch.exp(log_alpha(params[f"{spec.name}.weight.log_sigma2"], w, "linear")) * w * w
+                    var = torch.bmm(h * h, var_w.transpose(1, 2))
+                    eps = normal(seeds, NOISE_STREAM + 2 * i, step, b * w.shape[1]).view(mu.shape)
+                    mu = mu + torch.sqrt(EPS + var) * eps
+                h = mu + bias.unsqueeze(1)
+            if spec.act:
+                h = self.act(h)
+            if spec.dropout and bool((p > 0).any()):
+                h = PopulationCNN._dropout(h, seeds, p, DROPOUT_STREAM + i, step, m, b)
+        return h
+
+    def kl(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Σ −KL per model, float32 [M] (the VD regulariser)."""
+        total = 0
+        for name, kind in self.ard_tensors():
+            la = log_alpha(params[f"{name}.log_sigma2"], params[name], kind)
+            total = total + neg_kl(la).flatten(1).sum(1)
+        return total
+
+    @torch.no_grad()
+    def sparse(self, params: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(the eval-mode weights in the zoo's names with masked entries 0, sparsity float64 [M])."""
+        out = {k: v.detach() for k, v in params.items() if not k.endswith(".log_sigma2")}
+        if self.vd:
+            for name, kind in self.ard_tensors():
+                la = log_alpha(params[f"{name}.log_sigma2"], params[name], kind)
+                out[name] = torch.where(la >= LOG_ALPHA_THRESHOLD, torch.zeros_like(out[name]), out[name])
+        zeros = sum((out[n] == 0).flatten(1).sum(1) for n in self.weight_names())
+        total = sum(out[n][0].numel() for n in self.weight_names())
+        return out, zeros.double() / total
+
+
+def mp_sparsity(epoch: int) -> float:
+    """Target fraction of pruned weights during training epoch ``epoch`` ≥ 1 (cubic ramp, then constant)."""
+    t = min(epoch, MP_RAMP_EPOCHS) / MP_RAMP_EPOCHS
+    return MP_TARGET * (1 - (1 - t) ** 3)
+
+
+@torch.no_grad()
+def prune(params: dict[str, torch.Tensor], names: list[str], sparsity: float) -> dict[str, torch.Tensor]:
+    """Zero the ⌊sparsity·N⌉ smallest |w| of each model over the tensors ``names`` together (in place).
+
+    Returns the keep masks. Already pruned weights are exact zeros and sort first (stable sort), so
+    the masks of a growing schedule are nested; they are a function of the weights alone.
+    """
+    flat = torch.cat([params[n].detach().flatten(1) for n in names], dim=1)  # [M, N]
+    k = round(sparsity * flat.shape[1])
+    order = torch.argsort(flat.abs(), dim=1, stable=True)
+    keep = torch.ones_like(flat, dtype=torch.bool)
+    keep.scatter_(1, order[:, :k], False)
+    masks, start = {}, 0
+    for n in names:
+        size = params[n][0].numel()
+        masks[n] = keep[:, start : start + size].reshape(params[n].shape)
+        params[n].mul_(masks[n])
+        start += size
+    return masks
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TwinEpoch(EpochResult):
+    """An EpochResult whose ``weights`` are sparse, plus ``log_sigma2`` [M, D'] (VD) and ``sparsity`` in metrics."""
+
+    log_sigma2: torch.Tensor | None = field(default=None)
+
+
+def _groups(configs: list[ModelConfig], dense: torch.Tensor, layout: Layout, net_ard: list[tuple[str, str]],
+            method: str, device: torch.device) -> list[Group]:
+    keys: dict[tuple[str, str], list[int]] = {}
+    for i, c in enumerate(configs):
+        keys.setdefault((c.activation, c.optimizer), []).append(i)
+    groups = []
+    for (_, optimizer), index in keys.items():
+        cs = [configs[i] for i in index]
+        state = layout.unflatten(dense[index].to(device))
+        params = {k: v.clone().requires_grad_() for k, v in state.items()}
+        if method == "vd":
+            for name, _ in net_ard:
+                params[f"{name}.log_sigma2"] = torch.full_like(state[name], LOG_SIGMA2_INIT).requires_grad_()
+        slots = ("exp_avg", "exp_avg_sq") if optimizer == "adam" else ("momentum_buffer",)
+        opt_state = {f"{k}.{s}": torch.zeros_like(v, requires_grad=False) for k, v in params.items() for s in slots}
+        t = lambda vals, dt=torch.float32: torch.tensor(vals, dtype=dt, device=device)  # noqa: E731
+        groups.append(Group(index, cs, params, opt_state, t([c.seed for c in cs], torch.int64),
+                            t([c.lr for c in cs]), t([c.weight_decay for c in cs]), t([c.dropout for c in cs])))
+    return groups
+
+
+def log_sigma2_layout(zoo: Zoo) -> Layout:
+    """Layout of the stored ``log_sigma2`` vector: conv weights, conv biases, linear weights, in zoo order."""
+    names = {n for n, _ in TwinCNN(zoo, "relu", "vd").ard_tensors()}
+    entries, offset = [], 0
+    for e in zoo.layout.entries:
+        if e.name in names:
+            entries.append(Entry(e.name, e.shape, offset, "parameter"))
+            offset += e.numel
+    return Layout(tuple(entries))
+
+
+def train_twins(zoo: Zoo, configs: list[ModelConfig], dense: torch.Tensor, data: ImageData, method: str,
+                device: str | torch.device = "cpu", resume: tuple[int, dict[str, torch.Tensor]] | None = None,
+                stop: int = TWIN_EPOCHS) -> Iterator[TwinEpoch]:
+    """Sparsify a chunk of models from their dense states ``dense`` float32 [M, D]; yield epochs 0 … ``stop``.
+
+    ``zoo`` gives architecture and layout; ``configs`` the models' hyperparameters (seed, optimizer, lr,
+    weight decay, dropout, batch size). ``resume = (epoch, state)`` continues after ``epoch``.
+    """
+    device = torch.device(device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = os.environ.get("MODELZOOS_TF32") == "1"
+    layout = zoo.layout
+    ls_layout = log_sigma2_layout(zoo) if method == "vd" else None
+    nets = {}
+    for c in configs:
+        nets.setdefault(c.activation, TwinCNN(zoo, c.activation, method))
+    ard = next(iter(nets.values())).ard_tensors()
+    groups = _groups(configs, dense, layout, ard, method, device)
+    gnets = [nets[g.configs[0].activation] for g in groups]
+    images, labels = data.train.images.to(device), data.train.labels.to(device)
+    n, bs = labels.numel(), configs[0].batch_size
+
+    def record(epoch: int, train_metrics: list[tuple[torch.Tensor, torch.Tensor]] | None, step: int) -> TwinEpoch:
+        values = {k: [math.nan] * len(configs) for k in (*METRICS, "sparsity")}
+        weights = torch.empty(len(configs), layout.size)
+        ls2 = torch.empty(len(configs), ls_layout.size) if ls_layout is not None else None
+        for gi, (g, net) in enumerate(zip(groups, gnets, strict=True)):
+            if epoch == 0:  # the loaded dense model, unmasked
+                params = {k: v.detach() for k, v in g.params.items() if not k.endswith(".log_sigma2")}
+                sparsity = torch.zeros(g.m, dtype=torch.float64)
+            else:
+                params, sparsity = net.sparse(g.params)
+            tl, ta = (train_metrics[gi] if train_metrics is not None
+                      else _evaluate(net.eval_net, params, data.train, device))
+            cols = {"train_loss": tl, "train_acc": ta, "sparsity": sparsity}
+            if data.val is not None:
+                cols["val_loss"], cols["val_acc"] = _evaluate(net.eval_net, params, data.val, device)
+            cols["test_loss"], cols["test_acc"] = _evaluate(net.eval_net, params, data.test, device)
+            for k, v in cols.items():
+                for j, i in enumerate(g.index):
+                    values[k][i] = float(v[j])
+            weights[g.index] = layout.flatten({k: v.cpu() for k, v in params.items()})
+            if ls2 is not None:
+                ls2[g.index] = ls_layout.flatten({e.name: g.params[f"{e.name}.log_sigma2"].detach().cpu()
+                                                  for e in ls_layout.entries})
+        return TwinEpoch(epoch, weights, values, _pack_state(groups, step), ls2)
+
+    if resume is None:
+        first, step = 1, 0
+        yield record(0, None, 0)
+    else:
+        first = resume[0] + 1
+        step = _unpack_state(resume[1], groups)
+
+    for epoch in range(first, stop + 1):
+        kl_weight = min(1.0, KL_RAMP * (epoch - 1) / TWIN_EPOCHS)
+        metrics = []
+        for g, net in zip(groups, gnets, strict=True):
+            masks = prune(g.params, net.weight_names(), mp_sparsity(epoch)) if method == "mp" else None
+            order = randomness.permutation(g.seeds.view(-1, 1), DATA_ORDER_STREAM, epoch, n, device)  # [M, n]
+            loss_sum = torch.zeros(g.m, dtype=torch.float64, device=device)
+            correct = torch.zeros(g.m, dtype=torch.int64, device=device)
+            update = adam_step if g.configs[0].optimizer == "adam" else sgd_step
+            gstep = step
+            for s in range(0, n, bs):
+                idx = order[:, s : s + bs]  # [M, b]
+                x, y = images[idx], labels[idx]
+                logits = net.forward(g.params, x, g.seeds, g.p, gstep)
+                ce = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)  # [M]
+                loss = ce + kl_weight * net.kl(g.params) if (net.vd and kl_weight > 0) else ce
+                loss.sum().backward()
+                gstep += 1
+                update(g, gstep)
+                if masks is not None:
+                    with torch.no_grad():
+                        for name, mask in masks.items():
+                            g.params[name].mul_(mask)
+                loss_sum += ce.detach().double() * y.shape[1]
+                correct += (logits.detach().argmax(2) == y).sum(1)
+            metrics.append((loss_sum / n, correct.double() / n))
+        step = gstep
+        yield record(epoch, metrics, step)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The twin directory
+# ---------------------------------------------------------------------------------------------------------
+
+
+def twin_zoo(source: Zoo, method: str) -> Zoo:
+    """The spec of the twins: the source's, renamed ``<source>_sparse_<method>``, ``epochs = TWIN_EPOCHS``."""
+    d = source.to_dict()
+    label = {"vd": "variational dropout", "mp": "magnitude pruning"}[method]
+    d |= {"name": twin_name(source.name, method), "epochs": TWIN_EPOCHS,
+          "description": f"Sparsified twins ({label}, {TWIN_EPOCHS} epochs) of every model of {source.name}",
+          "source": SOURCES.get((source.name, method), ""),
+          "notes": [*d["notes"], f"Twin: every final model of {source.name} sparsified by {label} (modelzoos.twins)."]}
+    return Zoo.from_dict(d, f"twins of {source.path or source.name}")
+
+
+def _check_source(source: ZooDir, models: int | None) -> tuple[int, int]:
+    """(models, final epoch) to sparsify; clear errors for zoos without twins."""
+    zoo = source.zoo
+    if zoo.architecture not in ARCHITECTURES:
+        raise ValueError(f"{source.path}: zoo {zoo.name} has architecture {zoo.architecture!r}; sparsified twins "
+                         f"exist for the CNN zoos only ({', '.join(ARCHITECTURES)}): pick a CNN zoo directory")
+    if zoo.data.augment != "none" or zoo.schedule != "constant":
+        raise ValueError(f"{source.path}: zoo {zoo.name} uses augmentation or an LR schedule; twins support the "
+                         "CNN protocol (no augmentation, constant LR)")
+    meta = source.metadata
+    last = int(source.info["run"]["epochs"])
+    have = int(meta.model_id.nunique())
+    models = have if models is None else models
+    if not 1 <= models <= have:
+        raise ValueError(f"--models must be in 1..{have} for {source.path} (it holds {have} models), got {models}")
+    final = meta[(meta.epoch == last) & (meta.model_id < models)]
+    if last < 1 or sorted(final.model_id) != list(range(models)):
+        raise ZooFileError(f"{source.path} lacks the final epoch {last} of models 0..{models - 1} (or was trained for "
+                           "0 epochs); sparsify a finished zoo with trained models")
+    return models, last
+
+
+def _source_weights(source: ZooDir, ids: list[int], epoch: int) -> torch.Tensor:
+    meta = source.metadata
+    rows = {int(meta.model_id[i]): int(i) for i in meta.index[(meta.epoch == epoch) & meta.model_id.isin(ids)]}
+    flats = dict(source.weights([rows[m] for m in ids]))
+    return torch.stack([flats[rows[m]] for m in ids])
+
+
+def _check_or_write_zoo_json(root: Path, info: dict) -> None:
+    path = root / "zoo.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ZooFileError(f"{path} is not valid JSON ({err}); delete the directory {root} to start over") from err
+        same = (old.get("run") == info["run"] and old.get("data", {}).get("sha256") == info["data"]["sha256"]
+                and {k: v for k, v in old.get("twins", {}).items() if k != "source_path"}
+                == {k: v for k, v in info["twins"].items() if k != "source_path"})
+        if not same:
+            raise ZooFileError(f"{root} already holds another run (another source zoo, method, model count, epochs "
+                               "or image data); choose another --out or delete it")
+        return
+    write_json(path, info)
+
+
+def _write_epoch(cdir: Path, chunk: list[ModelConfig], result: TwinEpoch) -> None:
+    meta = {"model_ids": json.dumps([c.model_id for c in chunk]), "epoch": str(result.epoch),
+            "metrics": json.dumps(result.metrics)}
+    tensors = {"weights": result.weights}
+    if result.log_sigma2 is not None:
+        tensors["log_sigma2"] = result.log_sigma2
+    write_safetensors(_epoch_path(cdir, result.epoch), tensors, meta)
+
+
+def _train_chunk(run: Run, root: Path, chunk: list[ModelConfig], dense: torch.Tensor, data: ImageData, method: str,
+                 device: str, bar: tqdm) -> None:
+    """``export.train_chunk`` for twins: same files, resume from the chunk's state file."""
+    cdir = chunk_dir(root, chunk)
+    if (cdir / "complete.json").exists():
+        return
+    resume = _resume_point(cdir)
+    if resume is not None:
+        bar.update(len(chunk) * (resume[0] + 1))
+    for result in train_twins(run.zoo, chunk, dense, data, method, device, resume=resume, stop=run.epochs):
+        _write_epoch(cdir, chunk, result)
+        write_safetensors(cdir / "state.safetensors", result.state, {"epoch": str(result.epoch)})
+        bar.update(len(chunk))
+    write_json(cdir / "complete.json", {"models": [c.model_id for c in chunk], "epochs": run.epochs})
+    (cdir / "state.safetensors").unlink(missing_ok=True)
+
+
+def _finalize(root: Path, run: Run, twins: dict) -> None:
+    """metadata.parquet (TWIN_SCHEMA) from the epoch files of all chunks; marks the twin directory complete."""
+    rows = []
+    for chunk in run.chunks():
+        cdir = chunk_dir(root, chunk)
+        for epoch in range(run.epochs + 1):
+            path = _epoch_path(cdir, epoch)
+            tensors, meta = read_safetensors(path)
+            metrics = json.loads(meta["metrics"])
+            finite = torch.isfinite(tensors["weights"]).all(dim=1)
+            rel = path.relative_to(root).as_posix()
+            for i, config in enumerate(chunk):
+                row = {"zoo": run.zoo.name, "model_id": config.model_id, "epoch": epoch}
+                row |= {h: getattr(config, h) for h in HYPERPARAMETERS}
+                row |= {m: metrics[m][i] for m in (*METRICS, "sparsity")}
+                row |= {"ggap": metrics["train_acc"][i] - metrics["test_acc"][i], "nonfinite": not bool(finite[i]),
+                        "weights_file": rel, "weights_row": i}
+                rows.append(row)
+    table = pa.Table.from_pylist(rows, schema=TWIN_SCHEMA)
+    table = table.sort_by([("model_id", "ascending"), ("epoch", "ascending")])
+    table = table.replace_schema_metadata({"modelzoos.zoo": json.dumps(run.zoo.to_dict()),
+                                           "modelzoos.format_version": str(FORMAT_VERSION),
+                                           "modelzoos.twins": json.dumps(twins)})
+    _atomic(root / "metadata.parquet", lambda p: pq.write_table(table, p, compression="zstd"))
+
+
+def sparsify(source: ZooDir | str | Path, out: str | Path, method: str, device: str = "cpu",
+             models: int | None = None, progress: bool = True, *, epochs: int = TWIN_EPOCHS,
+             chunk_size: int | None = None, data_root: str | Path | None = None, download: bool = False) -> ZooDir:
+    """Sparsify every model's final state of the finished CNN zoo directory ``source`` into the directory ``out``.
+
+    ``method``: ``"vd"`` (variational dropout) or ``"mp"`` (magnitude pruning), see the module docstring.
+    ``models``: the first N models of the source (default all). ``epochs``: stop after the first E of the
+    25 twin epochs (schedules unchanged). ``chunk_size``: models trained together (default all).
+    Resumable: rerunning the same call continues where it stopped; a finished directory is left as is.
+    Returns the twin directory, whose ``metadata`` has the extra column ``sparsity``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown sparsification method {method!r}; valid: {', '.join(METHODS)}")
+    if not 0 <= epochs <= TWIN_EPOCHS:
+        raise ValueError(f"epochs must be in 0..{TWIN_EPOCHS}, got {epochs}")
+    src = source if isinstance(source, ZooDir) else ZooDir(source)
+    models, last = _check_source(src, models)
+    zoo = twin_zoo(src.zoo, method)
+    run = Run(zoo, models, epochs, f"twins_{method}", chunk_size or models)
+    data = load_image_data(zoo.data, data_root, download=download)
+    if data.sha256 != src.info["data"]["sha256"]:
+        raise ZooFileError(f"the image data of {zoo.data.dataset} here (sha256 {data.sha256[:12]}…) differs from "
+                           f"the data {src.path} was trained on ({src.info['data']['sha256'][:12]}…); use the same "
+                           "data root")
+    twins = {"method": method, "settings": SETTINGS[method], "source_path": str(src.path.resolve()),
+             "source_run": src.info["run"], "source_epoch": last}
+    if method == "vd":
+        twins["log_sigma2_layout"] = log_sigma2_layout(zoo).to_json()
+    info = json.loads(json.dumps(_zoo_json(run, data, device) | {"twins": twins}))  # as stored (tuples → lists)
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    _check_or_write_zoo_json(root, info)
+    if not (root / "metadata.parquet").exists():
+        total = models * (epochs + 1)
+        with tqdm(total=total, desc=f"{zoo.name}", unit="state", disable=not progress) as bar:
+            for chunk in run.chunks():
+                dense = _source_weights(src, [c.model_id for c in chunk], last)
+                _train_chunk(run, root, chunk, dense, data, method, device, bar)
+        _finalize(root, run, info["twins"])
+    return ZooDir(root)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Summary and command line
+# ---------------------------------------------------------------------------------------------------------
+
+
+def summary(twin: ZooDir) -> dict:
+    """Per epoch: quartiles (p25, median, p75) across models of sparsity, test accuracy and its drop from epoch 0."""
+    meta = twin.metadata
+    base = meta[meta.epoch == 0].set_index("model_id").test_acc
+    drop = base.reindex(meta.model_id).to_numpy() - meta.test_acc.to_numpy()
+    frame = meta.assign(acc_drop=drop)
+    out = {}
+    for epoch, g in frame.groupby("epoch"):
+        out[int(epoch)] = {c: [float(np.nanquantile(g[c], q)) for q in (0.25, 0.5, 0.75)]
+                           for c in ("sparsity", "test_acc", "acc_drop")}
+    return out
+
+
+def cli_twins(args) -> int:
+    """``modelzoos twins SOURCE --method vd|mp --out DIR [--models N] [--epochs E] [--chunk-size C] [--device D]``."""
+    start = time.perf_counter()
+    twin = sparsify(args.source, args.out, args.method, device=args.device, models=args.models,
+                    progress=not args.quiet, epochs=TWIN_EPOCHS if args.epochs is None else args.epochs,
+                    chunk_size=args.chunk_size, data_root=args.data_root)
+    s = summary(twin)
+    last = max(s)
+    q = s[last]
+    models = int(twin.metadata.model_id.nunique())
+    print(f"twins {twin.zoo.name}: {models} models, epochs 0..{last}, in {twin.path} "
+          f"({time.perf_counter() - start:.1f} s)")
+    print(f"epoch {last} (median [25%, 75%] across models): sparsity {q['sparsity'][1]:.3f} "
+          f"[{q['sparsity'][0]:.3f}, {q['sparsity'][2]:.3f}], test accuracy {q['test_acc'][1]:.3f} "
+          f"[{q['test_acc'][0]:.3f}, {q['test_acc'][2]:.3f}], drop from the dense model {q['acc_drop'][1]:.3f} "
+          f"[{q['acc_drop'][0]:.3f}, {q['acc_drop'][2]:.3f}]")
+    return 0
