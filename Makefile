@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 env: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/modelzoos generate digits_cnn_seed --out $(OUT)/digits_cnn_seed --models 100 --epochs 3
+	$(VENV)/bin/modelzoos generate digits_cnn_seed --out $(OUT)/digits_cnn_seed --models 100 --epochs 15
 	$(VENV)/bin/modelzoos build $(OUT)/digits_cnn_seed --repo $(OUT)/hub
 	HF_HUB_OFFLINE=1 $(PY) builders/load_back.py $(OUT)/hub digits_cnn_seed
+	HF_HUB_OFFLINE=1 $(VENV)/bin/modelzoos bench digits_cnn_seed --repo $(OUT)/hub --baselines stats,weights,hyperrep \
+		--threads 1 --out $(OUT)/bench
 
 test: $(STAMP)
 	$(PY) -m pytest -q

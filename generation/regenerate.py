@@ -2,9 +2,11 @@
 
     python generation/regenerate.py 'mnist_*' --out zoos/ --data-root ~/data --download --device cuda
     python generation/regenerate.py '*_cnn_seed' --out zoos/ --backend ray --chunk-size 250
+    python generation/regenerate.py 'mnist_cnn_seed' --out zoos/ --twins vd,mp --device cuda
 
 Each zoo goes to ``<out>/<zoo name>``; the logic is ``modelzoos.export.generate`` (same options as
-``modelzoos generate``). ResNet-18 zoos need ``--engine reference``.
+``modelzoos generate``). ResNet-18 zoos need ``--engine reference``. ``--twins vd,mp`` also sparsifies
+every CNN zoo into ``<out>/<zoo name>_sparse_<method>`` (``modelzoos.twins.sparsify``, as ``modelzoos twins``).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from modelzoos.catalogue import list_zoos
+from modelzoos.catalogue import TWIN_METHODS, list_zoos, twin_name
 from modelzoos.export import generate
+from modelzoos.twins import ARCHITECTURES, sparsify
 
 
 def main() -> None:
@@ -26,7 +29,11 @@ def main() -> None:
     p.add_argument("--engine", default=None, help="default: population for CNN zoos, reference for ResNet-18")
     p.add_argument("--backend", default="local", choices=("local", "ray"))
     p.add_argument("--chunk-size", type=int, default=None)
+    p.add_argument("--twins", default="", help=f"comma-separated twin methods ({', '.join(TWIN_METHODS)}) for CNN zoos")
     args = p.parse_args()
+    twins = [m for m in args.twins.split(",") if m]
+    if set(twins) - set(TWIN_METHODS):
+        raise SystemExit(f"unknown twin method(s) {sorted(set(twins) - set(TWIN_METHODS))}; valid: {TWIN_METHODS}")
     zoos = list_zoos(args.pattern, published=True)
     if not zoos:
         raise SystemExit(f"no published zoo matches {args.pattern!r}; see `modelzoos zoos`")
@@ -35,6 +42,10 @@ def main() -> None:
         zd = generate(zoo, args.out / zoo.name, engine=engine, device=args.device, data_root=args.data_root,
                       download=args.download, chunk_size=args.chunk_size, backend=args.backend)
         print(zd.summary())
+        for method in twins if zoo.architecture in ARCHITECTURES else []:
+            twin = sparsify(zd, args.out / twin_name(zoo.name, method), method, device=args.device,
+                            data_root=args.data_root, chunk_size=args.chunk_size)
+            print(twin.summary())
 
 
 if __name__ == "__main__":

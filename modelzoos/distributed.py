@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from modelzoos.catalogue import ModelConfig
 from modelzoos.data import DataRecipe, ImageData, load_image_data
 from modelzoos.export import Run, ZooFileError, _check_or_write_zoo_json, _zoo_json, chunk_dir, finalize, train_chunk
+from modelzoos.training import NUMERICS_ENV
 
 __all__ = ["RETRYABLE", "DistributedError", "generate_ray"]
 
@@ -234,7 +235,10 @@ def generate_ray(run: Run, root: str | Path, data_root: str | Path | None = None
         if gpus > ray.cluster_resources().get("GPU", 0):
             warnings.warn(f"each task asks for {gpus} GPU(s) but the cluster has "
                           f"{ray.cluster_resources().get('GPU', 0)} now; tasks wait until GPUs join", stacklevel=2)
-        describe = ray.remote(num_cpus=num_cpus_per_task, max_retries=max_retries)(_describe_task)
+        # the driver's opt-in numerics (training.NUMERICS_ENV) hold on every worker, whatever its node's environment
+        env = {var: os.environ[var] for var in NUMERICS_ENV.values() if var in os.environ}
+        runtime = {"runtime_env": {"env_vars": env}} if env else {}
+        describe = ray.remote(num_cpus=num_cpus_per_task, max_retries=max_retries, **runtime)(_describe_task)
         try:
             info = ray.get(describe.remote(run, data_root, download, device))
         except ray.exceptions.RayTaskError as err:
@@ -251,7 +255,7 @@ def generate_ray(run: Run, root: str | Path, data_root: str | Path | None = None
                           "smaller chunk_size (--chunk-size) to use the whole cluster", stacklevel=2)
         todo = [c for c in chunks if not (chunk_dir(root, c) / "complete.json").exists()]
         task = ray.remote(num_cpus=num_cpus_per_task, num_gpus=gpus, max_retries=max_retries,
-                          retry_exceptions=list(RETRYABLE))(_chunk_task)
+                          retry_exceptions=list(RETRYABLE), **runtime)(_chunk_task)
         threads = max(1, int(num_cpus_per_task))
         pending = {task.remote(run, str(root), c, data_root, download, device, info["data"]["sha256"], threads,
                                _fault): c for c in todo}

@@ -39,7 +39,7 @@ from modelzoos.architectures import Layout
 from modelzoos.catalogue import ModelConfig, Zoo
 from modelzoos.data import ImageData, load_image_data
 from modelzoos.population import train_population
-from modelzoos.training import METRICS, EpochResult, train_reference_chunk
+from modelzoos.training import METRICS, NUMERICS_ENV, EpochResult, numerics, train_reference_chunk
 
 FORMAT_VERSION = 1
 # Engine name → trainer of one chunk of models: (zoo, configs, data, device, resume, stop) → EpochResults.
@@ -167,6 +167,7 @@ def _zoo_json(run: Run, data: ImageData, device: str) -> dict:
         "versions": {"modelzoos": version("modelzoos"), "torch": torch.__version__,
                      "python": platform.python_version()},
         "device": device,
+        "numerics": numerics(),
     }
 
 
@@ -177,11 +178,17 @@ def _check_or_write_zoo_json(root: Path, info: dict) -> None:
             old = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ZooFileError(f"{path} is not valid JSON ({err}); delete the directory {root} to start over") from err
-        if old.get("run") != info["run"] or old.get("data", {}).get("sha256") != info["data"]["sha256"]:
+        def twins(d: dict) -> dict:  # a twin run (modelzoos.twins) may resume from a moved source directory
+            return {k: v for k, v in d.get("twins", {}).items() if k != "source_path"}
+
+        old_numerics = old.get("numerics", dict.fromkeys(NUMERICS_ENV, False))
+        if (old.get("run") != info["run"] or old.get("data", {}).get("sha256") != info["data"]["sha256"]
+                or twins(old) != twins(info) or old_numerics != info["numerics"]):
             raise ZooFileError(
                 f"{root} already holds a different zoo run ({old.get('run', {}).get('zoo', {}).get('name')}, "
                 f"{old.get('run', {}).get('models')} models, {old.get('run', {}).get('epochs')} epochs, engine "
-                f"{old.get('run', {}).get('engine')}, or other image data); choose another --out or delete it")
+                f"{old.get('run', {}).get('engine')}, or other image data, twin settings or numerics {old_numerics}); "
+                "choose another --out or delete it")
         return
     write_json(path, info)
 

@@ -10,14 +10,16 @@ model m), linear layers as one batched matmul over ``[M, B, F]``. The whole spli
 val/test evaluation is batched over models with the first layer shared (one ungrouped convolution).
 
 Numerics: float32 throughout, same formulas as ``torch.optim.Adam`` / ``SGD`` (coupled L2), so results
-agree with the reference engine to float rounding (tests: ≤ 1e-4 after one epoch). TF32 is off unless
-``MODELZOOS_TF32=1`` (opt-in, documented in docs/protocol.md).
+agree with the reference engine to float rounding (tests: ≤ 1e-4 after one epoch). Opt-in shortcuts that
+change results (docs/protocol.md, "Numerics"): ``MODELZOOS_TF32=1`` (TF32 matmuls/convolutions on GPUs)
+and ``MODELZOOS_CHANNELS_LAST=1`` (channels-last activations: ≈1.7× faster training on our CPU, but its
+convolutions round differently and so break exact max-pool ties another way than the reference engine;
+chaotic configurations then follow other trajectories; BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -28,9 +30,9 @@ from modelzoos import randomness
 from modelzoos.architectures import ACTIVATIONS, ConvNet, Layout, build_model
 from modelzoos.catalogue import ModelConfig, Zoo
 from modelzoos.data import ImageData, Split
-from modelzoos.training import METRICS, EpochResult
+from modelzoos.training import METRICS, EpochResult, numerics
 
-EVAL_ELEMENTS = 2**25  # input floats per batched eval forward (memory bound, not a numeric choice)
+EVAL_ELEMENTS = 2**20  # input floats per batched eval forward: cache-sized (1.5× faster than 2**25 on CPU)
 BETAS, EPS, MOMENTUM = (0.9, 0.999), 1e-8, 0.9  # torch.optim defaults used by the protocol
 
 
@@ -55,9 +57,10 @@ class Group:
 class PopulationCNN:
     """Batched forward of M ``ConvNet`` models sharing one LayerSpec table and one activation."""
 
-    def __init__(self, template: ConvNet, activation: str) -> None:
+    def __init__(self, template: ConvNet, activation: str, channels_last: bool = False) -> None:
         self.specs = template.specs
         self.act = ACTIVATIONS[activation]()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def forward(self, params: dict[str, torch.Tensor], x: torch.Tensor, seeds: torch.Tensor | None = None,
                 p: torch.Tensor | None = None, step: int = 0, shared_input: bool = False) -> torch.Tensor:
@@ -71,13 +74,14 @@ class PopulationCNN:
         else:
             b = x.shape[1]
             x = x.transpose(0, 1).reshape(b, -1, *x.shape[-2:])  # [B, M·C, H, W]
-        h = x
+        h = x.contiguous(memory_format=self.memory_format)
         for i, spec in enumerate(self.specs):
             w, bias = params[f"{spec.name}.weight"], params[f"{spec.name}.bias"]
             if spec.kind == "conv":
                 out = w.shape[1]
                 groups = 1 if (i == 0 and shared_input) else m
-                h = F.conv2d(h, w.reshape(m * out, *w.shape[2:]), bias.reshape(-1), groups=groups)
+                w = w.reshape(m * out, *w.shape[2:]).contiguous(memory_format=self.memory_format)
+                h = F.conv2d(h, w, bias.reshape(-1), groups=groups)
                 if spec.pool:
                     h = F.max_pool2d(h, 2, 2)
             else:
@@ -217,11 +221,11 @@ def train_population(zoo: Zoo, configs: list[ModelConfig], data: ImageData, devi
     if data.recipe.augment != "none" or zoo.schedule != "constant":
         raise ValueError("the population engine supports zoos without augmentation and LR schedule")
     device = torch.device(device)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = os.environ.get("MODELZOOS_TF32") == "1"
     layout: Layout = zoo.layout
     groups = _groups(zoo, configs, device)
     template = build_model(zoo.architecture, in_channels=zoo.in_channels, num_classes=zoo.num_classes)
-    nets = [PopulationCNN(template, g.configs[0].activation) for g in groups]
+    channels_last = numerics()["channels_last"]
+    nets = [PopulationCNN(template, g.configs[0].activation, channels_last) for g in groups]
     images, labels = data.train.images.to(device), data.train.labels.to(device)
     n, bs = labels.numel(), configs[0].batch_size
     epochs = stop if stop is not None else configs[0].epochs

@@ -14,6 +14,7 @@ three splits are evaluated in eval mode (the original CNN trainable wrote −999
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from modelzoos.data import ImageData, Split
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 EVAL_BATCH = 1000  # images per eval forward; only memory depends on it
+NUMERICS_ENV = {"tf32": "MODELZOOS_TF32", "channels_last": "MODELZOOS_CHANNELS_LAST"}  # opt-in, off by default
 
 
 @dataclass
@@ -38,6 +40,18 @@ class EpochResult:
     weights: torch.Tensor  # float32 [M, D] on CPU, in the zoo's Layout
     metrics: dict[str, list[float]]  # METRICS → M values (NaN where a split is absent)
     state: dict[str, torch.Tensor]  # everything needed to continue after this epoch (CPU tensors)
+
+
+def numerics() -> dict[str, bool]:
+    """The opt-in numeric shortcuts of this process (docs/protocol.md, "Numerics"), from ``NUMERICS_ENV``.
+
+    Sets torch's TF32 switches accordingly (off unless opted in, also for cuDNN convolutions, whose torch
+    default is on); ``channels_last`` is read by the population engine. zoo.json records the flags and a
+    run does not resume under other ones.
+    """
+    flags = {name: os.environ.get(var) == "1" for name, var in NUMERICS_ENV.items()}
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = flags["tf32"]
+    return flags
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -165,6 +179,7 @@ def train_reference(zoo: Zoo, config: ModelConfig, data: ImageData, device: str 
     bitwise those of an uninterrupted run on the same device.
     """
     device = torch.device(device)
+    numerics()
     layout = zoo.layout
     model = build_model(zoo.architecture, in_channels=zoo.in_channels, num_classes=zoo.num_classes,
                         activation=config.activation, dropout=config.dropout, init=config.init,

@@ -29,7 +29,8 @@ Methods
 Both: a fresh optimizer (the original loaded weights only), the source's batch size and dropout
 probability, data order ``randomness.permutation`` on a stream of its own (``DATA_ORDER_STREAM``),
 dropout masks and VD noise (Box–Muller on ``randomness.uniform``) on streams of their own, so a twin
-never replays its source's draws. TF32 off unless ``MODELZOOS_TF32=1`` (as the population engine).
+never replays its source's draws. Numerics as the population engine (``training.numerics``; the twins'
+train forward ignores ``MODELZOOS_CHANNELS_LAST``).
 
 Records (epochs 0 … 25, ``metadata.parquet`` with the extra column ``sparsity``)
 ---------------------------------------------------------------------------------
@@ -54,7 +55,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -79,6 +79,7 @@ from modelzoos.export import (
     ZooDir,
     ZooFileError,
     _atomic,
+    _check_or_write_zoo_json,
     _epoch_path,
     _resume_point,
     _zoo_json,
@@ -88,7 +89,7 @@ from modelzoos.export import (
     write_safetensors,
 )
 from modelzoos.population import Group, PopulationCNN, _evaluate, _pack_state, _unpack_state, adam_step, sgd_step
-from modelzoos.training import METRICS, EpochResult
+from modelzoos.training import METRICS, EpochResult, numerics
 
 METHODS = TWIN_METHODS
 ARCHITECTURES = ("cnn", "cnn_m")  # ARD layers exist for the CNNs only (CNN_ARD, CNN3_ARD)
@@ -321,7 +322,7 @@ def train_twins(zoo: Zoo, configs: list[ModelConfig], dense: torch.Tensor, data:
     weight decay, dropout, batch size). ``resume = (epoch, state)`` continues after ``epoch``.
     """
     device = torch.device(device)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = os.environ.get("MODELZOOS_TF32") == "1"
+    numerics()
     layout = zoo.layout
     ls_layout = log_sigma2_layout(zoo) if method == "vd" else None
     nets = {}
@@ -438,23 +439,6 @@ def _source_weights(source: ZooDir, ids: list[int], epoch: int) -> torch.Tensor:
     rows = {int(meta.model_id[i]): int(i) for i in meta.index[(meta.epoch == epoch) & meta.model_id.isin(ids)]}
     flats = dict(source.weights([rows[m] for m in ids]))
     return torch.stack([flats[rows[m]] for m in ids])
-
-
-def _check_or_write_zoo_json(root: Path, info: dict) -> None:
-    path = root / "zoo.json"
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ZooFileError(f"{path} is not valid JSON ({err}); delete the directory {root} to start over") from err
-        same = (old.get("run") == info["run"] and old.get("data", {}).get("sha256") == info["data"]["sha256"]
-                and {k: v for k, v in old.get("twins", {}).items() if k != "source_path"}
-                == {k: v for k, v in info["twins"].items() if k != "source_path"})
-        if not same:
-            raise ZooFileError(f"{root} already holds another run (another source zoo, method, model count, epochs "
-                               "or image data); choose another --out or delete it")
-        return
-    write_json(path, info)
 
 
 def _write_epoch(cdir: Path, chunk: list[ModelConfig], result: TwinEpoch) -> None:

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from modelzoos.baselines import bench, probes
-from modelzoos.baselines.data import SPLITS, ZooSource, layer_ids, parse_epochs
+from modelzoos.baselines.data import SPLITS, LayerStats, ModelBatches, ZooSource, layer_ids, parse_epochs
 from modelzoos.baselines.features import STATISTICS, layer_statistics, stat_names
 from modelzoos.baselines.hyperrep import HyperRepConfig, nt_xent, train_hyperrep
 from modelzoos.baselines.probes import LAMBDAS, gbm_probe, linear_probe, r2_score, ridge_fit, ridge_probe
@@ -27,6 +27,7 @@ from modelzoos.baselines.sampling import SamplingConfig, anchors, kde_sample, sa
 from modelzoos.baselines.sane import SaneConfig, train_sane
 from modelzoos.catalogue import get_zoo
 from modelzoos.export import generate
+from modelzoos.loading import WEIGHTS
 from modelzoos.publish import build_repo
 from modelzoos.transforms import chunk_tokens
 
@@ -110,6 +111,35 @@ def test_layer_ids_are_the_layers_of_sane_tokens(digits_zoo):
     from_tokens = np.full(layout.size, -1)
     from_tokens[tokens.index[tokens.mask]] = np.repeat(tokens.positions[:, 1], tokens.mask.sum(1))
     np.testing.assert_array_equal(layer_ids(layout), from_tokens)
+
+
+def test_per_tensor_stats_standardise_each_tensor(source):
+    weights = torch.cat([b[WEIGHTS] for b in source.loader("train")])
+    per_layer, per_tensor = LayerStats.fit(source), LayerStats.fit(source, per_tensor=True)
+    assert len(per_layer.mean) == 5 and len(per_tensor.mean) == len(source.layout.entries) == 10
+    z = per_tensor.standardize(weights).double()
+    for entry in source.layout.entries:  # biases too: trained biases vary (they start at 0)
+        part = z[:, entry.offset : entry.offset + entry.numel]
+        assert abs(part.mean().item()) < 1e-4 and part.std(unbiased=False).item() == pytest.approx(1, abs=1e-3)
+    torch.testing.assert_close(per_tensor.restore(per_tensor.standardize(weights)), weights, atol=1e-5, rtol=1e-5)
+    tokens = chunk_tokens(source.layout, 64).tokenize(weights[:2])
+    with pytest.raises(ValueError, match="per layer"):
+        per_tensor.standardize_tokens(torch.as_tensor(tokens.values), torch.as_tensor(tokens.positions[..., 1]),
+                                      torch.as_tensor(tokens.mask))
+
+
+def test_model_batches_hold_whole_runs(source):
+    models = source.metadata("train")["model_id"]
+    sampler = ModelBatches(models, 4, seed=0)
+    first, second = list(sampler), list(sampler)
+    assert len(first) == len(set(models.tolist())) // 4 == len(sampler)
+    for batch in first:
+        ids = set(models[batch].tolist())
+        assert len(ids) == 4 and sorted(batch) == sorted(np.flatnonzero(np.isin(models, list(ids))).tolist())
+    assert first != second  # a new order of models every epoch
+    assert len(list(ModelBatches(models, 1000))) == 1  # fewer models than asked: one batch of all
+    batch = next(iter(source.model_batches("train", 2, columns=(WEIGHTS, "model_id"))))
+    assert batch[WEIGHTS].shape == (8, source.dim) and len(set(batch["model_id"].tolist())) == 2
 
 
 def test_parse_epochs():
@@ -221,6 +251,16 @@ def test_hyperrep_trains_and_embeds_held_out_models(source, hyperrep):
     assert not set(meta["model_id"].tolist()) & set(source.metadata("train")["model_id"].tolist())
     decoded = hyperrep.decode(torch.from_numpy(z[:3]))
     assert decoded.shape == (3, source.dim) and torch.isfinite(decoded).all()
+
+
+def test_hyperrep_r21_variant_compression_token_and_shuffled_rows(source):
+    config = replace(TINY_HYPERREP, pooling="token", models_per_batch=0, per_tensor_stats=False, erase_p=0.5,
+                     noise=0.01, epochs=3)
+    rep = train_hyperrep(source, config, progress=False)
+    assert rep.history[-1]["loss"] < rep.history[0]["loss"] and not rep.stats.per_tensor
+    assert rep.embed(next(iter(source.loader("test")))[WEIGHTS]).shape[1] == TINY_HYPERREP.latent
+    with pytest.raises(ValueError, match="pooling"):
+        train_hyperrep(source, replace(config, pooling="max"), progress=False)
 
 
 @pytest.mark.parametrize("streaming", [False, True])

@@ -11,7 +11,12 @@ what a caller keeps (features, raw-weight matrices of small CNNs).
 ``LayerStats`` standardises weights per layer (mean and std of a layer's weights and biases, pooled over
 training rows, std floored at 1e-4 as in R22's loss normalisation). Its layers are SANE's: a weight with
 its bias is one layer, every other tensor (BatchNorm running mean / var) its own, which are exactly the
-layer ids (``positions[..., 1]``) of ``transforms.chunk_tokens``.
+layer ids (``positions[..., 1]``) of ``transforms.chunk_tokens``. With ``per_tensor=True`` every parameter
+tensor gets its own mean and std (a bias apart from its weight; ``tensor_ids``), which the
+hyper-representation uses.
+
+``ZooSource.model_batches`` gives training batches made of whole training runs (every stored epoch of a
+few models), the hyper-representation's default (see ``hyperrep``).
 """
 
 from __future__ import annotations
@@ -156,6 +161,20 @@ class ZooSource:
                           collate_fn=collate_weights, generator=generator, drop_last=drop_last,
                           persistent_workers=self.workers > 0)
 
+    def model_batches(self, split: str, models_per_batch: int, columns: Sequence[str] = (WEIGHTS,), *,
+                      transform: Callable | None = None, seed: int = 0) -> DataLoader:
+        """A map-style DataLoader whose batches are ``models_per_batch`` whole models (all their rows).
+
+        Models are reshuffled every epoch (``ModelBatches``); a last incomplete group is dropped, so every
+        batch has the same number of models. Streaming sources cannot group rows: use ``loader``.
+        """
+        if self.streaming:
+            raise ValueError("model_batches needs the map-style dataset (streaming=False)")
+        ds = WeightsDataset(self.dataset(split), columns=columns, transform=transform, seed=seed)
+        sampler = ModelBatches(self.metadata(split)["model_id"], models_per_batch, seed)
+        return DataLoader(ds, batch_sampler=sampler, num_workers=self.workers, collate_fn=collate_weights,
+                          persistent_workers=self.workers > 0)
+
     def extract(self, split: str, fn: Callable[[torch.Tensor], Any], *, progress: bool = False,
                 desc: str = "") -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(``fn`` of every batch of weights, stacked [N, F]; metadata columns [N]) for a split, in one pass.
@@ -171,6 +190,31 @@ class ZooSource:
             for c in meta:
                 meta[c].append(np.asarray(batch[c]))
         return np.concatenate(features), {c: np.concatenate(v) for c, v in meta.items()}
+
+
+class ModelBatches:
+    """Batch sampler: row indices of ``models`` whole models per batch, models in a new order every epoch.
+
+    ``model_ids`` [N] is the model of every row (rows of one model need not be adjacent). With fewer
+    models than ``models``, every batch holds all of them.
+    """
+
+    def __init__(self, model_ids: np.ndarray, models: int, seed: int = 0) -> None:
+        if models < 1:
+            raise ValueError(f"models per batch must be ≥ 1, got {models}")
+        self.rows: dict[int, list[int]] = {}
+        for row, model in enumerate(np.asarray(model_ids).tolist()):
+            self.rows.setdefault(model, []).append(row)
+        self.models = min(models, len(self.rows))
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.rows) // self.models
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.rng.permutation(sorted(self.rows))
+        for start in range(0, len(self) * self.models, self.models):
+            yield [row for model in order[start : start + self.models].tolist() for row in self.rows[model]]
 
 
 def epochs(loader: DataLoader, epoch: int) -> Iterator[dict]:
@@ -200,18 +244,26 @@ def layer_ids(layout: Layout) -> np.ndarray:
     return ids
 
 
+def tensor_ids(layout: Layout) -> np.ndarray:
+    """int64 [D]: the index of the tensor (layout entry) of every flat entry; a bias apart from its weight."""
+    return np.repeat(np.arange(len(layout.entries)), [e.numel for e in layout.entries])
+
+
 @dataclass(frozen=True)
 class LayerStats:
-    """Mean and std per layer (``layer_ids``) of the training weights; standardise flat vectors or tokens."""
+    """Mean and std per layer (``layer_ids``) or per tensor (``tensor_ids``) of the training weights;
+    standardise flat vectors, or tokens (per layer only)."""
 
-    mean: torch.Tensor  # float32 [layers]
-    std: torch.Tensor  # float32 [layers], ≥ STD_FLOOR
-    ids: torch.Tensor  # int64 [D]: layer of every flat entry
+    mean: torch.Tensor  # float32 [groups]
+    std: torch.Tensor  # float32 [groups], ≥ STD_FLOOR
+    ids: torch.Tensor  # int64 [D]: group (layer or tensor) of every flat entry
+    per_tensor: bool = False
 
     @classmethod
-    def fit(cls, source: ZooSource, split: str = "train", max_rows: int | None = None) -> LayerStats:
+    def fit(cls, source: ZooSource, split: str = "train", max_rows: int | None = None, *,
+            per_tensor: bool = False) -> LayerStats:
         """One streaming pass over (the first ``max_rows`` rows of) a split; float64 accumulators."""
-        ids = layer_ids(source.layout)
+        ids = tensor_ids(source.layout) if per_tensor else layer_ids(source.layout)
         layers = int(ids.max()) + 1
         total, squares, rows = np.zeros(layers), np.zeros(layers), 0
         for batch in source.loader(split):
@@ -225,10 +277,10 @@ class LayerStats:
         mean = total / count
         std = np.maximum(np.sqrt(np.maximum(squares / count - mean**2, 0.0)), STD_FLOOR)
         as32 = torch.float32
-        return cls(torch.tensor(mean, dtype=as32), torch.tensor(std, dtype=as32), torch.from_numpy(ids))
+        return cls(torch.tensor(mean, dtype=as32), torch.tensor(std, dtype=as32), torch.from_numpy(ids), per_tensor)
 
     def to(self, device: str | torch.device) -> LayerStats:
-        return LayerStats(self.mean.to(device), self.std.to(device), self.ids.to(device))
+        return LayerStats(self.mean.to(device), self.std.to(device), self.ids.to(device), self.per_tensor)
 
     def standardize(self, flat: torch.Tensor) -> torch.Tensor:
         """[..., D] → (w − μ_l) / σ_l."""
@@ -240,6 +292,8 @@ class LayerStats:
 
     def standardize_tokens(self, values: torch.Tensor, layers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Token values [..., T, L] of layers [..., T] → standardised, padding kept at zero."""
+        if self.per_tensor:
+            raise ValueError("tokens are standardised per layer: fit LayerStats with per_tensor=False")
         return (values - self.mean[layers][..., None]) / self.std[layers][..., None] * mask
 
     def restore_tokens(self, values: torch.Tensor, layers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 Usage::
 
-    python generation/twins.py --out runs/twins_digits            # 100 models, CPU
-    python generation/twins.py --out runs/twins_digits --models 20 --device cuda
+    python benchmarks/twins.py --out runs/twins_digits            # 100 models, CPU
+    python benchmarks/twins.py --out runs/twins_digits --models 20 --device cuda
 
 Steps (each resumable; a finished step is skipped, so a rerun only redraws the figure):
 
@@ -31,8 +31,9 @@ from pathlib import Path
 
 import matplotlib
 import torch
+from safetensors import safe_open
 
-from modelzoos.catalogue import get_zoo
+from modelzoos.catalogue import TWIN_EPOCHS, get_zoo
 from modelzoos.export import ZooDir, generate
 from modelzoos.twins import sparsify, summary
 
@@ -41,15 +42,33 @@ SOURCE_EPOCHS = 50
 METHODS = {"vd": ("variational dropout", "tab:blue"), "mp": ("magnitude pruning", "tab:orange")}
 
 
-def timed(step: str, timings: dict, out: Path, models: int, fn):
-    """Run ``fn`` and record its wall and CPU seconds under ``step``, unless its directory was already complete."""
-    done = (out / "metadata.parquet").exists()
+def states_written(path: Path) -> int:
+    """Model states in the epoch files under ``path`` (rows of their ``weights`` tensors)."""
+    total = 0
+    for f in path.glob("weights/*/epoch_*.safetensors"):
+        with safe_open(str(f), framework="pt") as st:
+            total += st.get_slice("weights").get_shape()[0]
+    return total
+
+
+def timed(step: str, timings: dict, out: Path, models: int, epochs: int, fn):
+    """Run ``fn``; add its wall and CPU seconds and the states it trained to ``timings[step]``.
+
+    A resumed step adds to the seconds and states of the earlier runs; epoch-0 states (evaluation only)
+    are not counted as trained. ``s_per_model`` extrapolates the rate to all ``epochs`` epochs of one model.
+    """
+    before = states_written(out)
     wall, cpu = time.perf_counter(), time.process_time()
     result = fn()
-    if not done:
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        timings[step] = {"wall_s": wall, "cpu_s": cpu, "models": models, "wall_s_per_model": wall / models,
-                         "cpu_s_per_model": cpu / models, "threads": torch.get_num_threads()}
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    trained = states_written(out) - before - (models if before == 0 else 0)
+    if trained > 0:
+        t = timings.setdefault(step, {"wall_s": 0.0, "cpu_s": 0.0, "model_epochs": 0})
+        t["wall_s"] += wall
+        t["cpu_s"] += cpu
+        t["model_epochs"] += trained
+        t["threads"] = torch.get_num_threads()
+        t["wall_s_per_model"] = t["wall_s"] / t["model_epochs"] * epochs
     return result
 
 
@@ -101,11 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     timings = report.get("timings", {})
 
-    source = timed("source", timings, out / "source", args.models, lambda: generate(
+    source = timed("source", timings, out / "source", args.models, SOURCE_EPOCHS, lambda: generate(
         get_zoo(ZOO), out / "source", models=args.models, epochs=SOURCE_EPOCHS, device=args.device))
     stats, table = {}, {}
     for method in METHODS:
-        twin = timed(method, timings, out / method, args.models,
+        twin = timed(method, timings, out / method, args.models, TWIN_EPOCHS,
                      lambda m=method: sparsify(source, out / m, m, device=args.device))
         stats[method] = summary(twin)
         table[method] = stats[method][max(stats[method])]
