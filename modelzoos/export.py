@@ -39,7 +39,7 @@ from modelzoos.architectures import Layout
 from modelzoos.catalogue import ModelConfig, Zoo
 from modelzoos.data import ImageData, load_image_data
 from modelzoos.population import train_population
-from modelzoos.training import METRICS, NUMERICS_ENV, EpochResult, numerics, train_reference_chunk
+from modelzoos.training import LEGACY_NUMERICS, METRICS, EpochResult, numerics, train_reference_chunk
 
 FORMAT_VERSION = 1
 # Engine name → trainer of one chunk of models: (zoo, configs, data, device, resume, stop) → EpochResults.
@@ -181,7 +181,7 @@ def _check_or_write_zoo_json(root: Path, info: dict) -> None:
         def twins(d: dict) -> dict:  # a twin run (modelzoos.twins) may resume from a moved source directory
             return {k: v for k, v in d.get("twins", {}).items() if k != "source_path"}
 
-        old_numerics = old.get("numerics", dict.fromkeys(NUMERICS_ENV, False))
+        old_numerics = old.get("numerics", LEGACY_NUMERICS)
         if (old.get("run") != info["run"] or old.get("data", {}).get("sha256") != info["data"]["sha256"]
                 or twins(old) != twins(info) or old_numerics != info["numerics"]):
             raise ZooFileError(

@@ -29,7 +29,9 @@ from modelzoos.data import ImageData, Split
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 EVAL_BATCH = 1000  # images per eval forward; only memory depends on it
-NUMERICS_ENV = {"tf32": "MODELZOOS_TF32", "channels_last": "MODELZOOS_CHANNELS_LAST"}  # opt-in, off by default
+# numeric switches (docs/protocol.md, "Numerics"): name → (environment variable "0"/"1", default)
+NUMERICS_ENV = {"tf32": ("MODELZOOS_TF32", False), "channels_last": ("MODELZOOS_CHANNELS_LAST", True)}
+LEGACY_NUMERICS = {"tf32": False, "channels_last": False}  # zoo.json files written before the record existed
 
 
 @dataclass
@@ -43,13 +45,19 @@ class EpochResult:
 
 
 def numerics() -> dict[str, bool]:
-    """The opt-in numeric shortcuts of this process (docs/protocol.md, "Numerics"), from ``NUMERICS_ENV``.
+    """The numeric switches of this process (docs/protocol.md, "Numerics"), from ``NUMERICS_ENV``.
 
-    Sets torch's TF32 switches accordingly (off unless opted in, also for cuDNN convolutions, whose torch
-    default is on); ``channels_last`` is read by the population engine. zoo.json records the flags and a
-    run does not resume under other ones.
+    ``tf32`` (off unless ``MODELZOOS_TF32=1``) sets torch's TF32 switches, also for cuDNN convolutions,
+    whose torch default is on. ``channels_last`` (on unless ``MODELZOOS_CHANNELS_LAST=0``) is the
+    population engine's activation layout; the reference engine always uses PyTorch's default layout.
+    zoo.json records the flags and a run does not resume under other ones.
     """
-    flags = {name: os.environ.get(var) == "1" for name, var in NUMERICS_ENV.items()}
+    flags = {}
+    for name, (var, default) in NUMERICS_ENV.items():
+        value = os.environ.get(var, str(int(default)))
+        if value not in ("0", "1"):
+            raise ValueError(f"environment variable {var}={value!r}: use 0 or 1 (docs/protocol.md, Numerics)")
+        flags[name] = value == "1"
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = flags["tf32"]
     return flags
 

@@ -29,8 +29,8 @@ Methods
 Both: a fresh optimizer (the original loaded weights only), the source's batch size and dropout
 probability, data order ``randomness.permutation`` on a stream of its own (``DATA_ORDER_STREAM``),
 dropout masks and VD noise (Box–Muller on ``randomness.uniform``) on streams of their own, so a twin
-never replays its source's draws. Numerics as the population engine (``training.numerics``; the twins'
-train forward ignores ``MODELZOOS_CHANNELS_LAST``).
+never replays its source's draws. Numerics as the population engine (``training.numerics``: its eval
+forward is the twins' eval; the twins' train forward keeps PyTorch's default layout).
 
 Records (epochs 0 … 25, ``metadata.parquet`` with the extra column ``sparsity``)
 ---------------------------------------------------------------------------------
@@ -164,9 +164,9 @@ class TwinCNN:
     ``"<layer>.weight.log_sigma2"`` (every layer) and ``"<layer>.bias.log_sigma2"`` (conv layers).
     """
 
-    def __init__(self, zoo: Zoo, activation: str, method: str) -> None:
+    def __init__(self, zoo: Zoo, activation: str, method: str, channels_last: bool = False) -> None:
         template = build_model(zoo.architecture, in_channels=zoo.in_channels, num_classes=zoo.num_classes)
-        self.eval_net = PopulationCNN(template, activation)
+        self.eval_net = PopulationCNN(template, activation, channels_last)
         self.specs = self.eval_net.specs
         self.act = self.eval_net.act
         self.vd = method == "vd"
@@ -322,12 +322,12 @@ def train_twins(zoo: Zoo, configs: list[ModelConfig], dense: torch.Tensor, data:
     weight decay, dropout, batch size). ``resume = (epoch, state)`` continues after ``epoch``.
     """
     device = torch.device(device)
-    numerics()
+    channels_last = numerics()["channels_last"]
     layout = zoo.layout
     ls_layout = log_sigma2_layout(zoo) if method == "vd" else None
     nets = {}
     for c in configs:
-        nets.setdefault(c.activation, TwinCNN(zoo, c.activation, method))
+        nets.setdefault(c.activation, TwinCNN(zoo, c.activation, method, channels_last))
     ard = next(iter(nets.values())).ard_tensors()
     groups = _groups(configs, dense, layout, ard, method, device)
     gnets = [nets[g.configs[0].activation] for g in groups]

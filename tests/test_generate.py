@@ -148,11 +148,14 @@ def test_a_directory_of_another_run_is_refused(reference_zoo):
 
 
 def test_numerics_are_recorded_and_a_run_resumes_only_under_the_same(reference_zoo, monkeypatch):
-    assert reference_zoo.info["numerics"] == {"tf32": False, "channels_last": False}
-    monkeypatch.setenv("MODELZOOS_CHANNELS_LAST", "1")
-    with pytest.raises(ZooFileError, match=r"numerics \{'tf32': False, 'channels_last': False\}"):
+    assert reference_zoo.info["numerics"] == {"tf32": False, "channels_last": True}
+    monkeypatch.setenv("MODELZOOS_CHANNELS_LAST", "0")
+    with pytest.raises(ZooFileError, match=r"numerics \{'tf32': False, 'channels_last': True\}"):
         generate(get_zoo("digits_cnn_seed"), reference_zoo.path, models=3, epochs=2,
                  engine=reference_zoo.info["run"]["engine"], progress=False)
+    monkeypatch.setenv("MODELZOOS_CHANNELS_LAST", "yes")
+    with pytest.raises(ValueError, match="MODELZOOS_CHANNELS_LAST='yes': use 0 or 1"):
+        generate(get_zoo("digits_cnn_seed"), reference_zoo.path, models=3, epochs=2, progress=False)
 
 
 def test_cli_generate_prints_a_summary(tmp_path, capsys):
