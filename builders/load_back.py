@@ -13,22 +13,20 @@ from pathlib import Path
 
 
 def main(repo: str, config: str) -> int:
-    from datasets import load_dataset
-
-    from modelzoos.loading import build_module, config_info, evaluate_row
+    from modelzoos.loading import build_module, config_info, evaluate_row, load_zoo
 
     path = str(Path(repo).resolve())
     lines = [
-        "from datasets import load_dataset",
-        f'ds = load_dataset("{path}", "{config}", split="test")',
-        f'last = load_dataset("{path}", "{config}", split="test", filters=[("epoch", "==", EPOCH)])',
+        "from modelzoos.loading import load_zoo  # datasets.load_dataset, cached by the folder's contents",
+        f'ds = load_zoo("{path}", "{config}", split="test")',
+        f'last = load_zoo("{path}", "{config}", split="test", filters=[("epoch", "==", EPOCH)])',
     ]
     print("\n".join(">>> " + line for line in lines[:2]))
-    ds = load_dataset(path, config, split="test")
+    ds = load_zoo(path, config, split="test")
     print(ds)
     epoch = max(ds["epoch"])
     print(">>> " + lines[2].replace("EPOCH", str(epoch)))
-    last = load_dataset(path, config, split="test", filters=[("epoch", "==", epoch)])
+    last = load_zoo(path, config, split="test", filters=[("epoch", "==", epoch)])
     best = max(range(len(last)), key=lambda i: last[i]["test_acc"])
     row = last.with_format("numpy")[best]
     print(">>> from modelzoos.loading import build_module, config_info, evaluate_row")

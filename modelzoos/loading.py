@@ -36,6 +36,7 @@ every epoch), so workers draw independently, every epoch draws anew, and a run i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -527,6 +528,12 @@ def load_zoo(repo: str | Path, config: str, split: str | None = None, *, streami
     ``num_proc``, ...) go to ``load_dataset``. Non-streaming loads convert the Parquet files into an Arrow
     cache once (disk use doubles); ``streaming=True`` reads the files directly.
 
+    Local folders: ``datasets`` keys its Arrow cache of a folder by the folder's name and card, not by the
+    files' contents, so a rebuilt folder (or another folder of the same name) would load the old rows.
+    ``load_zoo`` therefore caches a local folder under ``<datasets cache>/modelzoos-local/<fingerprint>``,
+    the fingerprint covering the folder's path and the size and modification time of its card and of the
+    config's files (``cache_dir=`` overrides it).
+
     Examples::
 
         ds = load_zoo("ORG/model-zoos", "mnist_cnn_seed", split="train")
@@ -538,4 +545,14 @@ def load_zoo(repo: str | Path, config: str, split: str | None = None, *, streami
         kwargs["columns"] = [columns] if isinstance(columns, str) else list(columns)
     if filters is not None:
         kwargs["filters"] = filters
+    if Path(repo).is_dir() and not streaming and "cache_dir" not in kwargs:
+        kwargs["cache_dir"] = str(Path(datasets.config.HF_DATASETS_CACHE) / "modelzoos-local" / _fingerprint(
+            Path(repo), config))
     return datasets.load_dataset(str(repo), config, split=split, streaming=streaming, **kwargs)
+
+
+def _fingerprint(repo: Path, config: str) -> str:
+    """Hex digest of a local folder's path and of the size and mtime of its card and the config's files."""
+    files = [repo / "README.md", *sorted((repo / "data" / config).glob("*"))]
+    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]

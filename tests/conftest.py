@@ -8,6 +8,18 @@ from modelzoos.catalogue import get_zoo
 from modelzoos.data import load_image_data
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fresh_datasets_cache(tmp_path_factory):
+    """A datasets cache of this session only: datasets keys the cache of a local folder by the folder's
+    name and card, so rows of an earlier session's folder called "repo" would be served again."""
+    import datasets
+
+    old = datasets.config.HF_DATASETS_CACHE
+    datasets.config.HF_DATASETS_CACHE = tmp_path_factory.mktemp("hf_datasets_cache")
+    yield
+    datasets.config.HF_DATASETS_CACHE = old
+
+
 @pytest.fixture(scope="session")
 def digits_zoo():
     return get_zoo("digits_cnn_seed")

@@ -412,3 +412,15 @@ def test_load_zoo_columns_and_filters(repo, info):
         whole = load_zoo(repo, CONFIG)
     assert {s: len(whole[s]) for s in SPLITS} == info.num_rows
     assert set(load_dataset(str(repo))) == set(SPLITS)  # the README's default config
+
+
+def test_load_zoo_reads_a_rebuilt_local_folder_afresh(tmp_path):
+    from modelzoos.publish import build_repo
+
+    repo = tmp_path / "repo"
+    for epochs in (1, 2):  # the same folder, card and config, other rows
+        zd = generate(get_zoo("digits_cnn_seed"), tmp_path / f"zoo{epochs}", models=7, epochs=epochs, progress=False)
+        build_repo([zd.path], repo, progress=False)
+        rows = load_zoo(repo, "digits_cnn_seed", split="train")
+        assert len(rows) == 4 * (epochs + 1)  # 4 training models × epochs 0..E
+        assert sorted(set(rows["epoch"])) == list(range(epochs + 1))
