@@ -182,8 +182,9 @@ def _check_or_write_zoo_json(root: Path, info: dict) -> None:
             return {k: v for k, v in d.get("twins", {}).items() if k != "source_path"}
 
         old_numerics = old.get("numerics", LEGACY_NUMERICS)
+        finished = (root / "metadata.parquet").exists()  # nothing left to train: the numerics do not matter
         if (old.get("run") != info["run"] or old.get("data", {}).get("sha256") != info["data"]["sha256"]
-                or twins(old) != twins(info) or old_numerics != info["numerics"]):
+                or twins(old) != twins(info) or (old_numerics != info["numerics"] and not finished)):
             raise ZooFileError(
                 f"{root} already holds a different zoo run ({old.get('run', {}).get('zoo', {}).get('name')}, "
                 f"{old.get('run', {}).get('models')} models, {old.get('run', {}).get('epochs')} epochs, engine "

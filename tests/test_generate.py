@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,12 +148,18 @@ def test_a_directory_of_another_run_is_refused(reference_zoo):
                  engine=reference_zoo.info["run"]["engine"], progress=False)
 
 
-def test_numerics_are_recorded_and_a_run_resumes_only_under_the_same(reference_zoo, monkeypatch):
+def test_numerics_are_recorded_and_a_run_resumes_only_under_the_same(reference_zoo, monkeypatch, tmp_path):
     assert reference_zoo.info["numerics"] == {"tf32": False, "channels_last": True}
     monkeypatch.setenv("MODELZOOS_CHANNELS_LAST", "0")
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(reference_zoo.path, unfinished)
+    (unfinished / "metadata.parquet").unlink()
     with pytest.raises(ZooFileError, match=r"numerics \{'tf32': False, 'channels_last': True\}"):
-        generate(get_zoo("digits_cnn_seed"), reference_zoo.path, models=3, epochs=2,
+        generate(get_zoo("digits_cnn_seed"), unfinished, models=3, epochs=2,
                  engine=reference_zoo.info["run"]["engine"], progress=False)
+    finished = generate(get_zoo("digits_cnn_seed"), reference_zoo.path, models=3, epochs=2,  # a no-op
+                        engine=reference_zoo.info["run"]["engine"], progress=False)
+    assert len(finished) == 9
     monkeypatch.setenv("MODELZOOS_CHANNELS_LAST", "yes")
     with pytest.raises(ValueError, match="MODELZOOS_CHANNELS_LAST='yes': use 0 or 1"):
         generate(get_zoo("digits_cnn_seed"), reference_zoo.path, models=3, epochs=2, progress=False)
