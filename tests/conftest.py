@@ -20,6 +20,24 @@ def fresh_datasets_cache(tmp_path_factory):
     datasets.config.HF_DATASETS_CACHE = old
 
 
+@pytest.fixture(scope="module")
+def hf_offline(tmp_path_factory):
+    """No network, and every Hugging Face cache in a temporary folder (for one test module)."""
+    import datasets
+    import huggingface_hub
+
+    home = tmp_path_factory.mktemp("hf_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("HF_HOME", str(home))
+        mp.setenv("HF_DATASETS_CACHE", str(home / "datasets"))
+        mp.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+        mp.setattr(datasets.config, "HF_DATASETS_CACHE", home / "datasets")
+        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        mp.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hub"))
+        yield home
+
+
 @pytest.fixture(scope="session")
 def digits_zoo():
     return get_zoo("digits_cnn_seed")

@@ -12,8 +12,6 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import datasets
-import huggingface_hub
 import numpy as np
 import pytest
 import torch
@@ -36,20 +34,7 @@ TINY_HYPERREP = HyperRepConfig(d_model=32, ffn=64, latent=16, epochs=6, batch_si
 TINY_SANE = SaneConfig(d_model=32, latent=8, window=16, epochs=6, batch_size=16, permutations=100)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def hf_offline(tmp_path_factory):
-    """No network, and every Hugging Face cache in a temporary folder."""
-    home = tmp_path_factory.mktemp("hf_home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("HF_HOME", str(home))
-        mp.setenv("HF_DATASETS_CACHE", str(home / "datasets"))
-        mp.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-        mp.setattr(datasets.config, "HF_DATASETS_CACHE", home / "datasets")
-        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        mp.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hub"))
-        yield home
-
+pytestmark = pytest.mark.usefixtures("hf_offline")  # conftest: offline, temporary HF caches
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():

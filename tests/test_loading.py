@@ -103,20 +103,7 @@ def write_repo(zd: ZooDir, root: Path, shards: int = 1) -> Path:
 # ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def hf_offline(tmp_path_factory):
-    """No network, and every Hugging Face cache in a temporary folder."""
-    home = tmp_path_factory.mktemp("hf_home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("HF_HOME", str(home))
-        mp.setenv("HF_DATASETS_CACHE", str(home / "datasets"))
-        mp.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-        mp.setattr(datasets.config, "HF_DATASETS_CACHE", home / "datasets")
-        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        mp.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hub"))
-        yield home
-
+pytestmark = pytest.mark.usefixtures("hf_offline")  # conftest: offline, temporary HF caches
 
 @pytest.fixture(scope="module")
 def zoo_dir(tmp_path_factory):
