@@ -178,13 +178,10 @@ def _check_or_write_zoo_json(root: Path, info: dict) -> None:
             old = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ZooFileError(f"{path} is not valid JSON ({err}); delete the directory {root} to start over") from err
-        def twins(d: dict) -> dict:  # a twin run (modelzoos.twins) may resume from a moved source directory
-            return {k: v for k, v in d.get("twins", {}).items() if k != "source_path"}
-
         old_numerics = old.get("numerics", LEGACY_NUMERICS)
         finished = (root / "metadata.parquet").exists()  # nothing left to train: the numerics do not matter
         if (old.get("run") != info["run"] or old.get("data", {}).get("sha256") != info["data"]["sha256"]
-                or twins(old) != twins(info) or (old_numerics != info["numerics"] and not finished)):
+                or twin_record(old) != twin_record(info) or (old_numerics != info["numerics"] and not finished)):
             raise ZooFileError(
                 f"{root} already holds a different zoo run ({old.get('run', {}).get('zoo', {}).get('name')}, "
                 f"{old.get('run', {}).get('models')} models, {old.get('run', {}).get('epochs')} epochs, engine "
@@ -192,6 +189,12 @@ def _check_or_write_zoo_json(root: Path, info: dict) -> None:
                 "choose another --out or delete it")
         return
     write_json(path, info)
+
+
+def twin_record(info: dict) -> dict:
+    """The ``twins`` record of a zoo.json (``modelzoos.twins``) without the machine-local ``source_path``:
+    what identifies a twin run ({} for a trained zoo)."""
+    return {k: v for k, v in info.get("twins", {}).items() if k != "source_path"}
 
 
 def _epoch_path(cdir: Path, epoch: int) -> Path:

@@ -39,7 +39,7 @@ from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from modelzoos.catalogue import Zoo, _order
-from modelzoos.export import METADATA_SCHEMA, ZooDir, ZooFileError
+from modelzoos.export import METADATA_SCHEMA, ZooDir, ZooFileError, twin_record
 
 CONFIG_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 SPLITS = ("train", "validation", "test")
@@ -193,8 +193,7 @@ class _Source:
     @property
     def twins(self) -> dict | None:
         """The zoo directory's ``twins`` record without the local source path (None for a trained zoo)."""
-        twins = self.zd.info.get("twins")
-        return {k: v for k, v in twins.items() if k != "source_path"} if twins else None
+        return twin_record(self.zd.info) or None
 
 
 def _open_sources(zoo_dirs: list[Path]) -> list[_Source]:
@@ -474,9 +473,9 @@ def _config_section(name: str, cfg: dict, repo_id: str) -> str:
     columns.append(["`weights`", f"fixed_size_list<float32>[{dim}]",
                     f"the flat state, `List(Value(\"float32\"), length={dim})`; layout below"
                     + ("; sparse: masked weights are exactly 0" if twins else "")])
-    if LOG_SIGMA2 in vector_columns(dim, twins):
-        n = vector_columns(dim, twins)[LOG_SIGMA2]
-        columns.append([f"`{LOG_SIGMA2}`", f"fixed_size_list<float32>[{n}]",
+    vectors = vector_columns(dim, twins)
+    if LOG_SIGMA2 in vectors:
+        columns.append([f"`{LOG_SIGMA2}`", f"fixed_size_list<float32>[{vectors[LOG_SIGMA2]}]",
                         "variational dropout's log σ² of every conv weight, conv bias and linear weight "
                         "(layout `twins.log_sigma2_layout` of zoo.json); log α = log σ² − 2·log(|w| + 1e-15)"])
     layout_rows = [[f"`{e['name']}`", "×".join(map(str, e["shape"])) or "scalar", str(e["offset"]), e["kind"]]
