@@ -3,6 +3,7 @@
     python benchmarks/engines.py                        # CPU, digits, 1/10/100/1000 models, 1 epoch
     python benchmarks/engines.py --device cuda --data mnist-shaped --models 1 10 100 1000
     python benchmarks/engines.py --models 1000 --chunk-size 100     # population in chunks of 100, one after another
+    python benchmarks/engines.py --device cuda --data mnist-shaped --models 1000 --eager   # no CUDA graphs
 
 ``--data mnist-shaped`` repeats the digits to MNIST's split sizes (50,000 / 10,000 / 10,000 images of
 1×28×28): speed does not depend on pixel values. The reference engine trains one model at a time, so its
@@ -58,7 +59,7 @@ def time_epochs(trainer, epochs: int, device: str) -> float:
 
 
 def measure(zoo, data, models: int, epochs: int, device: str, reference_models: int,
-            chunk_size: int | None = None, repeats: int = 1) -> list[dict]:
+            chunk_size: int | None = None, repeats: int = 1, cuda_graphs: bool = True) -> list[dict]:
     """Both engines, alternating, ``repeats`` times; each engine's best (shortest) time is kept."""
     configs = zoo.models()[:models]
     chunk = chunk_size or models
@@ -66,8 +67,9 @@ def measure(zoo, data, models: int, epochs: int, device: str, reference_models: 
     n_eval = data.val.labels.numel() + data.test.labels.numel()
     measured = {"population": models, "reference": min(models, reference_models)}
     timers = {
-        "population": lambda: sum(time_epochs(train_population(zoo, configs[i : i + chunk], data, device, stop=epochs),
-                                              epochs, device) for i in range(0, models, chunk)),
+        "population": lambda: sum(time_epochs(train_population(zoo, configs[i : i + chunk], data, device, stop=epochs,
+                                                               cuda_graphs=cuda_graphs), epochs, device)
+                                  for i in range(0, models, chunk)),
         "reference": lambda: sum(time_epochs(train_reference(zoo, c, data, device, stop=epochs), epochs, device)
                                  for c in configs[: measured["reference"]]),
     }
@@ -99,6 +101,7 @@ def main() -> None:
     p.add_argument("--chunk-size", type=int, default=None, help="population: models per chunk (default: all)")
     p.add_argument("--repeats", type=int, default=1, help="measure each engine R times (alternating), keep the best")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--eager", action="store_true", help="population engine without CUDA graphs (GPU only)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args()
     if args.threads:
@@ -110,26 +113,28 @@ def main() -> None:
         data = mnist_shaped(data)
     machine = (torch.cuda.get_device_name() if args.device.startswith("cuda")
                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    rows = [r for m in args.models
-            for r in measure(zoo, data, m, args.epochs, args.device, args.reference_models, args.chunk_size,
-                             args.repeats)]
     print(f"machine: {machine}; torch {torch.__version__}; data {args.data} "
           f"({data.train.labels.numel()} train images); zoo {zoo.name}; {args.epochs} epoch(s); best of "
-          f"{args.repeats}; numerics {numerics()}\n")
+          f"{args.repeats}; numerics {numerics(args.device)}{'; eager (no CUDA graphs)' if args.eager else ''}\n")
     print("| models | engine | chunk | measured models | s | models·epochs/s | train images/s | GFLOP/s | % of peak |"
           " population ÷ reference |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for i in range(0, len(rows), 2):
-        pop, ref = rows[i], rows[i + 1]
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    rows = []
+    for m in args.models:  # each size's rows as soon as they are measured
+        pop, ref = measure(zoo, data, m, args.epochs, args.device, args.reference_models, args.chunk_size,
+                           args.repeats, cuda_graphs=not args.eager)
+        rows += [pop, ref]
         for r in (pop, ref):
             peak = f"{100 * r['flop_per_s'] / args.peak_flops:.2f}" if args.peak_flops else "–"
             ratio = f"{pop['model_epochs_per_s'] / ref['model_epochs_per_s']:.1f}×" if r is pop else ""
             print(f"| {r['models']} | {r['engine']} | {r['chunk_size']} | {r['measured_models']} | "
                   f"{r['seconds']:.1f} | {r['model_epochs_per_s']:.3f} | {r['train_images_per_s']:,.0f} | "
-                  f"{r['flop_per_s'] / 1e9:.2f} | {peak} | {ratio} |")
+                  f"{r['flop_per_s'] / 1e9:.2f} | {peak} | {ratio} |", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine, "data": args.data, "threads": torch.get_num_threads(),
+        args.json.write_text(json.dumps({"machine": machine, "torch": torch.__version__, "data": args.data,
+                                         "threads": torch.get_num_threads(), "numerics": numerics(args.device),
+                                         "cuda_graphs": args.device.startswith("cuda") and not args.eager,
                                          "rows": rows}, indent=2))
 
 

@@ -236,7 +236,7 @@ def generate_ray(run: Run, root: str | Path, data_root: str | Path | None = None
             warnings.warn(f"each task asks for {gpus} GPU(s) but the cluster has "
                           f"{ray.cluster_resources().get('GPU', 0)} now; tasks wait until GPUs join", stacklevel=2)
         # the driver's numeric switches (training.NUMERICS_ENV) hold on every worker, whatever its node's environment
-        env = {var: os.environ[var] for var, _ in NUMERICS_ENV.values() if var in os.environ}
+        env = {var: os.environ[var] for var in NUMERICS_ENV.values() if var in os.environ}
         runtime = {"runtime_env": {"env_vars": env}} if env else {}
         describe = ray.remote(num_cpus=num_cpus_per_task, max_retries=max_retries, **runtime)(_describe_task)
         try:

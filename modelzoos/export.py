@@ -21,7 +21,8 @@ import json
 import os
 import platform
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -167,7 +168,7 @@ def _zoo_json(run: Run, data: ImageData, device: str) -> dict:
         "versions": {"modelzoos": version("modelzoos"), "torch": torch.__version__,
                      "python": platform.python_version()},
         "device": device,
-        "numerics": numerics(),
+        "numerics": numerics(device),
     }
 
 
@@ -178,7 +179,7 @@ def _check_or_write_zoo_json(root: Path, info: dict) -> None:
             old = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ZooFileError(f"{path} is not valid JSON ({err}); delete the directory {root} to start over") from err
-        old_numerics = old.get("numerics", LEGACY_NUMERICS)
+        old_numerics = LEGACY_NUMERICS | old.get("numerics", {})  # switches added later were off before
         finished = (root / "metadata.parquet").exists()  # nothing left to train: the numerics do not matter
         if (old.get("run") != info["run"] or old.get("data", {}).get("sha256") != info["data"]["sha256"]
                 or twin_record(old) != twin_record(info) or (old_numerics != info["numerics"] and not finished)):
@@ -201,10 +202,12 @@ def _epoch_path(cdir: Path, epoch: int) -> Path:
     return cdir / f"epoch_{epoch:03d}.safetensors"
 
 
-def _write_epoch(cdir: Path, chunk: list[ModelConfig], result: EpochResult) -> None:
+def _save_epoch(cdir: Path, chunk: list[ModelConfig], result: EpochResult) -> None:
+    """The epoch's file (``result.tensors()`` and the metrics), then the state to resume from after it."""
     meta = {"model_ids": json.dumps([c.model_id for c in chunk]), "epoch": str(result.epoch),
             "metrics": json.dumps(result.metrics)}
-    write_safetensors(_epoch_path(cdir, result.epoch), {"weights": result.weights}, meta)
+    write_safetensors(_epoch_path(cdir, result.epoch), result.tensors(), meta)
+    write_safetensors(cdir / "state.safetensors", result.state, {"epoch": str(result.epoch)})
 
 
 def _resume_point(cdir: Path) -> tuple[int, dict[str, torch.Tensor]] | None:
@@ -223,6 +226,17 @@ def _resume_point(cdir: Path) -> tuple[int, dict[str, torch.Tensor]] | None:
 def train_chunk(run: Run, root: Path, chunk: list[ModelConfig], data: ImageData, device: str,
                 bar: tqdm | None = None) -> None:
     """Train one chunk of models into its directory, resuming from its state file if there is one."""
+    train = ENGINES[run.engine]
+    write_chunk(root, chunk, run.epochs, lambda resume: train(run.zoo, chunk, data, device, resume=resume,
+                                                              stop=run.epochs), bar)
+
+
+def write_chunk(root: Path, chunk: list[ModelConfig], epochs: int,
+                train: Callable[[tuple[int, dict[str, torch.Tensor]] | None], Iterable[EpochResult]],
+                bar: tqdm | None = None) -> None:
+    """Save the epochs that ``train(resume)`` yields into the chunk's directory; ``resume`` is read from its
+    state file (None: from scratch). A writer thread saves epoch e while epoch e + 1 trains; ``bar`` advances
+    once an epoch's files are written. A crash loses at most the epochs not yet saved."""
     cdir = chunk_dir(root, chunk)
     if (cdir / "complete.json").exists():
         return
@@ -231,13 +245,20 @@ def train_chunk(run: Run, root: Path, chunk: list[ModelConfig], data: ImageData,
     resume = _resume_point(cdir)
     if bar is not None and resume is not None:
         bar.update(len(chunk) * (resume[0] + 1))
-    train = ENGINES[run.engine]
-    for result in train(run.zoo, chunk, data, device, resume=resume, stop=run.epochs):
-        _write_epoch(cdir, chunk, result)
-        write_safetensors(cdir / "state.safetensors", result.state, {"epoch": str(result.epoch)})
-        if bar is not None:
-            bar.update(len(chunk))
-    write_json(cdir / "complete.json", {"models": [c.model_id for c in chunk], "epochs": run.epochs})
+
+    def wait(pending: Future | None) -> None:
+        if pending is not None:
+            pending.result()
+            if bar is not None:
+                bar.update(len(chunk))
+
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending = None
+        for result in train(resume):
+            wait(pending)  # one save in flight: bounded memory, files in epoch order
+            pending = writer.submit(_save_epoch, cdir, chunk, result)
+        wait(pending)
+    write_json(cdir / "complete.json", {"models": [c.model_id for c in chunk], "epochs": epochs})
     (cdir / "state.safetensors").unlink(missing_ok=True)
 
 
@@ -281,9 +302,15 @@ def generate(zoo: Zoo, out: str | Path, *, models: int | None = None, epochs: in
     return ZooDir(root)
 
 
-def finalize(root: Path, run: Run) -> None:
-    """Assemble metadata.parquet from the epoch files of all chunks (the zoo's completion mark)."""
+def finalize(root: Path, run: Run, schema: pa.Schema = METADATA_SCHEMA,
+             extra_metadata: dict[str, str] | None = None) -> None:
+    """Assemble metadata.parquet from the epoch files of all chunks (the zoo's completion mark).
+
+    ``schema``: METADATA_SCHEMA, or it plus per-state metric columns that the epoch files' metrics hold
+    (twins: ``sparsity``); ``extra_metadata`` joins the Parquet schema metadata.
+    """
     _sweep_temporaries(root)
+    extra_columns = [f.name for f in schema if f.name not in METADATA_SCHEMA.names]
     rows = []
     for chunk in run.chunks():
         cdir = chunk_dir(root, chunk)
@@ -299,14 +326,15 @@ def finalize(root: Path, run: Run) -> None:
             for i, config in enumerate(chunk):
                 row = {"zoo": run.zoo.name, "model_id": config.model_id, "epoch": epoch}
                 row |= {h: getattr(config, h) for h in HYPERPARAMETERS}
-                row |= {m: metrics[m][i] for m in METRICS}
+                row |= {m: metrics[m][i] for m in (*METRICS, *extra_columns)}
                 row |= {"ggap": metrics["train_acc"][i] - metrics["test_acc"][i], "nonfinite": not bool(finite[i]),
                         "weights_file": rel, "weights_row": i}
                 rows.append(row)
-    table = pa.Table.from_pylist(rows, schema=METADATA_SCHEMA)
+    table = pa.Table.from_pylist(rows, schema=schema)
     table = table.sort_by([("model_id", "ascending"), ("epoch", "ascending")])
     spec = json.dumps(run.zoo.to_dict())
-    table = table.replace_schema_metadata({"modelzoos.zoo": spec, "modelzoos.format_version": str(FORMAT_VERSION)})
+    table = table.replace_schema_metadata({"modelzoos.zoo": spec, "modelzoos.format_version": str(FORMAT_VERSION),
+                                           **(extra_metadata or {})})
     _atomic(root / "metadata.parquet", lambda p: pq.write_table(table, p, compression="zstd"))
 
 

@@ -9,11 +9,14 @@ Layout of activations: convolutions run as one grouped convolution over ``[B, M�
 model m), linear layers as one batched matmul over ``[M, B, F]``. The whole split lives on the device;
 val/test evaluation is batched over models with the first layer shared (one ungrouped convolution).
 
+On CUDA each group's training step is captured once as a CUDA graph and replayed (``_Steps``): 14× faster
+per step than eager launches for one model, 1.03× at 1,000 (BENCHMARKS.md, H100).
+
 Numerics: float32 throughout, same formulas as ``torch.optim.Adam`` / ``SGD`` (coupled L2), so results
 agree with the reference engine to float rounding (tests: ≤ 1e-4 after one epoch). Activations are
-channels-last (1.6–2.4× faster on our CPU than PyTorch's default layout, BENCHMARKS.md; same float32 math in
-another summation order, equivalence tests unchanged); ``MODELZOOS_CHANNELS_LAST=0`` switches back,
-``MODELZOOS_TF32=1`` opts into TF32 on GPUs (docs/protocol.md, "Numerics").
+channels-last on CPU (1.6–2.4× faster there) and in PyTorch's layout on CUDA (1.7–3× faster there): the
+``numerics`` defaults, switchable with ``MODELZOOS_CHANNELS_LAST``; ``MODELZOOS_TF32=1`` opts into TF32 on
+GPUs (docs/protocol.md, "Numerics").
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from modelzoos.catalogue import ModelConfig, Zoo
 from modelzoos.data import ImageData, Split
 from modelzoos.training import METRICS, EpochResult, numerics
 
-EVAL_ELEMENTS = 2**20  # input floats per batched eval forward: cache-sized (1.5× faster than 2**25 on CPU)
+# input floats (images × models) per batched eval forward: cache-sized on CPU (1.5× faster than 2**25);
+# on a GPU large enough to fill it (2**26: 85 images × 1,000 MNIST models, ≈ 2 GB of activations)
+EVAL_ELEMENTS = {"cpu": 2**20, "cuda": 2**26}
 BETAS, EPS, MOMENTUM = (0.9, 0.999), 1e-8, 0.9  # torch.optim defaults used by the protocol
 
 
@@ -119,31 +124,35 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def adam_step(g: Group, step: int) -> None:
-    """One Adam step (coupled L2) for every model; ``step`` counts from 1, as torch's state["step"]."""
+def adam_step(g: Group, step: int | torch.Tensor) -> None:
+    """One Adam step (coupled L2) for every model; ``step`` counts from 1, as torch's state["step"].
+
+    The bias corrections are computed on the device in float64 (a device ``step`` keeps the step
+    graph-capturable), then used in float32 as torch's Adam uses its Python-float corrections.
+    """
     b1, b2 = BETAS
-    bc1 = 1 - b1**step
-    bc2_sqrt = math.sqrt(1 - b2**step)
+    t = torch.as_tensor(step, dtype=torch.float64, device=g.lr.device)
+    bc1 = 1 - torch.pow(b1, t)
+    bc2_sqrt = torch.sqrt(1 - torch.pow(b2, t)).float()
+    lr = g.lr / bc1.float()
     for name, p in g.params.items():
         grad = p.grad + _bcast(g.wd, p) * p
         m_, v_ = g.opt_state[f"{name}.exp_avg"], g.opt_state[f"{name}.exp_avg_sq"]
         m_.lerp_(grad, 1 - b1)
         v_.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         denom = (v_.sqrt() / bc2_sqrt).add_(EPS)
-        p.sub_(_bcast(g.lr / bc1, p) * m_ / denom)
+        p.sub_(_bcast(lr, p) * m_ / denom)
         p.grad = None
 
 
 @torch.no_grad()
-def sgd_step(g: Group, step: int) -> None:
-    """One SGD step, momentum 0.9, no dampening (coupled L2); the buffer starts as the first gradient."""
+def sgd_step(g: Group, step: int | torch.Tensor) -> None:
+    """One SGD step, momentum 0.9, no dampening (coupled L2). The buffer starts at zero, so the first step
+    sets it to the gradient exactly, as torch's does."""
     for name, p in g.params.items():
         grad = p.grad + _bcast(g.wd, p) * p
         buf = g.opt_state[f"{name}.momentum_buffer"]
-        if step == 1:
-            buf.copy_(grad)
-        else:
-            buf.mul_(MOMENTUM).add_(grad)
+        buf.mul_(MOMENTUM).add_(grad)
         p.sub_(_bcast(g.lr, p) * buf)
         p.grad = None
 
@@ -179,7 +188,7 @@ def _evaluate(net: PopulationCNN, params: dict[str, torch.Tensor], split: Split,
     m = next(iter(params.values())).shape[0]
     n = split.labels.numel()
     per_image = split.images[0].numel() * m
-    batch = max(1, min(n, EVAL_ELEMENTS // per_image))
+    batch = max(1, min(n, EVAL_ELEMENTS.get(device.type, EVAL_ELEMENTS["cpu"]) // per_image))
     loss = torch.zeros(m, dtype=torch.float64, device=device)
     correct = torch.zeros(m, dtype=torch.int64, device=device)
     for s in range(0, n, batch):
@@ -213,8 +222,12 @@ def _unpack_state(state: dict[str, torch.Tensor], groups: list[Group]) -> int:
 
 def train_population(zoo: Zoo, configs: list[ModelConfig], data: ImageData, device: str | torch.device = "cpu",
                      resume: tuple[int, dict[str, torch.Tensor]] | None = None,
-                     stop: int | None = None) -> Iterator[EpochResult]:
-    """Train a chunk of models of a CNN zoo together; yields epoch 0 and every epoch up to ``stop``."""
+                     stop: int | None = None, cuda_graphs: bool = True) -> Iterator[EpochResult]:
+    """Train a chunk of models of a CNN zoo together; yields epoch 0 and every epoch up to ``stop``.
+
+    ``cuda_graphs``: on CUDA, replay each group's training step as a captured graph (``_Steps``); the
+    results are those of eager execution (checked by ``benchmarks/gpu_check.py``).
+    """
     if zoo.architecture not in ("cnn", "cnn_m"):
         raise ValueError(f"the population engine trains the CNN zoos; use --engine reference for {zoo.architecture}")
     if data.recipe.augment != "none" or zoo.schedule != "constant":
@@ -223,10 +236,9 @@ def train_population(zoo: Zoo, configs: list[ModelConfig], data: ImageData, devi
     layout: Layout = zoo.layout
     groups = _groups(zoo, configs, device)
     template = build_model(zoo.architecture, in_channels=zoo.in_channels, num_classes=zoo.num_classes)
-    channels_last = numerics()["channels_last"]
+    channels_last = numerics(device)["channels_last"]
     nets = [PopulationCNN(template, g.configs[0].activation, channels_last) for g in groups]
     images, labels = data.train.images.to(device), data.train.labels.to(device)
-    n, bs = labels.numel(), configs[0].batch_size
     epochs = stop if stop is not None else configs[0].epochs
 
     def record(epoch: int, train_metrics: list[tuple[torch.Tensor, torch.Tensor]] | None, step: int) -> EpochResult:
@@ -240,8 +252,8 @@ def train_population(zoo: Zoo, configs: list[ModelConfig], data: ImageData, devi
                 cols["val_loss"], cols["val_acc"] = _evaluate(net, params, data.val, device)
             cols["test_loss"], cols["test_acc"] = _evaluate(net, params, data.test, device)
             for k, v in cols.items():
-                for j, i in enumerate(g.index):
-                    values[k][i] = float(v[j])
+                for i, x in zip(g.index, v.tolist(), strict=True):  # one device→host copy per column
+                    values[k][i] = x
             weights[g.index] = layout.flatten({k: v.cpu() for k, v in params.items()})
         return EpochResult(epoch, weights, values, _pack_state(groups, step))
 
@@ -252,25 +264,82 @@ def train_population(zoo: Zoo, configs: list[ModelConfig], data: ImageData, devi
         first = resume[0] + 1
         step = _unpack_state(resume[1], groups)
 
+    steppers = [_Steps(g, net, images, labels, configs[0].batch_size, step, cuda_graphs)
+                for g, net in zip(groups, nets, strict=True)]
     for epoch in range(first, epochs + 1):
-        metrics = []
-        for g, net in zip(groups, nets, strict=True):
-            order = randomness.permutation(g.seeds.view(-1, 1), randomness.DATA_ORDER, epoch, n, device)  # [M, n]
-            loss_sum = torch.zeros(g.m, dtype=torch.float64, device=device)
-            correct = torch.zeros(g.m, dtype=torch.int64, device=device)
-            update = adam_step if g.configs[0].optimizer == "adam" else sgd_step
-            masked = g.seeds if bool((g.p > 0).any()) else None  # no dropout in the group: skip the masks
-            gstep = step
-            for s in range(0, n, bs):
-                idx = order[:, s : s + bs]  # [M, b]
-                x, y = images[idx], labels[idx]  # [M, b, C, H, W], [M, b]
-                logits = net.forward(g.params, x, masked, g.p, gstep)
-                losses = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)  # [M]
-                losses.sum().backward()
-                gstep += 1
-                update(g, gstep)
-                loss_sum += losses.detach().double() * y.shape[1]
-                correct += (logits.detach().argmax(2) == y).sum(1)
-            metrics.append((loss_sum / n, correct.double() / n))
-        step = gstep
-        yield record(epoch, metrics, step)
+        metrics = [st.epoch(epoch) for st in steppers]
+        yield record(epoch, metrics, steppers[0].steps())
+
+
+class _Steps:
+    """One group's training steps as a fixed sequence of device operations.
+
+    The batch position and the optimizer step count are device tensors that each step advances itself,
+    so on CUDA a full-batch step is captured once into a CUDA graph (after ``WARMUP`` eager steps) and
+    replayed: the same kernels on the same buffers without Python or launch overhead per step. The
+    partial last batch of an epoch, if any, runs eagerly.
+    """
+
+    WARMUP = 3  # eager steps on a side stream before capture (lazy initialisation, cuDNN workspaces)
+
+    def __init__(self, g: Group, net: PopulationCNN, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                 step: int, cuda_graphs: bool) -> None:
+        dev = labels.device
+        self.g, self.net, self.images, self.labels, self.bs = g, net, images, labels, batch_size
+        self.n = labels.numel()
+        self.step = torch.tensor(step, dtype=torch.int64, device=dev)  # optimizer steps done so far
+        self.batch = torch.zeros((), dtype=torch.int64, device=dev)  # batch index within the epoch
+        self.order = torch.empty(g.m, self.n, dtype=torch.int64, device=dev)
+        self.loss_sum = torch.zeros(g.m, dtype=torch.float64, device=dev)
+        self.correct = torch.zeros(g.m, dtype=torch.int64, device=dev)
+        self.update = adam_step if g.configs[0].optimizer == "adam" else sgd_step
+        self.seeds = g.seeds if bool((g.p > 0).any()) else None  # no dropout in the group: skip the masks
+        self.capture = cuda_graphs and dev.type == "cuda"
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def steps(self) -> int:
+        return int(self.step)
+
+    def epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train one epoch; per-model (mean train loss, train accuracy) of the train-mode forwards."""
+        self.order.copy_(randomness.permutation(self.g.seeds.view(-1, 1), randomness.DATA_ORDER, epoch, self.n,
+                                                self.order.device))  # [M, n]
+        for t in (self.batch, self.loss_sum, self.correct):
+            t.zero_()
+        full, rest = divmod(self.n, self.bs)
+        done = 0
+        if self.capture and self.graph is None and full > self.WARMUP:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(self.WARMUP):
+                    self._step(self.bs)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):  # records one step without running it
+                self._step(self.bs)
+            done = self.WARMUP
+        for _ in range(done, full):
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self._step(self.bs)
+        if rest:
+            self._step(rest)
+        return self.loss_sum / self.n, self.correct.double() / self.n
+
+    def _step(self, b: int) -> None:
+        """Batch number ``self.batch`` of size ``b``: forward, backward, update, running train metrics."""
+        g = self.g
+        cols = self.batch * self.bs + torch.arange(b, device=self.batch.device)
+        idx = self.order.index_select(1, cols)  # [M, b]
+        x, y = self.images[idx], self.labels[idx]  # [M, b, C, H, W], [M, b]
+        logits = self.net.forward(g.params, x, self.seeds, g.p, self.step)
+        losses = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)  # [M]
+        losses.sum().backward()
+        with torch.no_grad():
+            self.step.add_(1)
+            self.batch.add_(1)
+            self.update(g, self.step)
+            self.loss_sum.add_(losses.double() * b)
+            self.correct.add_((logits.argmax(2) == y).sum(1))

@@ -29,9 +29,19 @@ from modelzoos.data import ImageData, Split
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 EVAL_BATCH = 1000  # images per eval forward; only memory depends on it
-# numeric switches (docs/protocol.md, "Numerics"): name → (environment variable "0"/"1", default)
-NUMERICS_ENV = {"tf32": ("MODELZOOS_TF32", False), "channels_last": ("MODELZOOS_CHANNELS_LAST", True)}
-LEGACY_NUMERICS = {"tf32": False, "channels_last": False}  # zoo.json files written before the record existed
+# numeric switches (docs/protocol.md, "Numerics"): name → environment variable ("0"/"1")
+NUMERICS_ENV = {"tf32": "MODELZOOS_TF32", "channels_last": "MODELZOOS_CHANNELS_LAST", "compile": "MODELZOOS_COMPILE"}
+# defaults by device type: the faster layout of each, measured (BENCHMARKS.md: channels-last 1.6–2.4× faster on
+# our CPU, 1.7–3× slower for grouped convolutions on an H100 and no faster for ResNet-18 there)
+NUMERICS_DEFAULTS = {"cpu": {"tf32": False, "channels_last": True, "compile": False},
+                     "cuda": {"tf32": False, "channels_last": False, "compile": False}}
+# zoo.json files written before a switch was recorded ran with these values
+LEGACY_NUMERICS = {"tf32": False, "channels_last": False, "compile": False}
+# Architectures trained one model at a time for speed (compute-bound steps, batch 128–256): the reference
+# engine is their fast path and follows the layout and compile switches. The small CNNs' fast path is the
+# population engine; the reference engine runs them in PyTorch's default layout, eagerly: the one-by-one
+# baseline that the population engine is checked and measured against.
+ONE_BY_ONE = {"resnet18"}
 
 
 @dataclass
@@ -43,22 +53,35 @@ class EpochResult:
     metrics: dict[str, list[float]]  # METRICS → M values (NaN where a split is absent)
     state: dict[str, torch.Tensor]  # everything needed to continue after this epoch (CPU tensors)
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What the epoch's file holds (export): the weights."""
+        return {"weights": self.weights}
 
-def numerics() -> dict[str, bool]:
-    """The numeric switches of this process (docs/protocol.md, "Numerics"), from ``NUMERICS_ENV``.
 
-    ``tf32`` (off unless ``MODELZOOS_TF32=1``) sets torch's TF32 switches, also for cuDNN convolutions,
-    whose torch default is on. ``channels_last`` (on unless ``MODELZOOS_CHANNELS_LAST=0``) is the
-    population engine's activation layout; the reference engine always uses PyTorch's default layout.
-    zoo.json records the flags and a run does not resume under other ones.
+def numerics(device: str | torch.device = "cpu") -> dict[str, bool]:
+    """The numeric switches for training on ``device`` (docs/protocol.md, "Numerics"): ``NUMERICS_ENV``
+    variables where set, else ``NUMERICS_DEFAULTS`` of the device type.
+
+    ``tf32`` (default off) sets torch's TF32 switches, also for cuDNN convolutions, whose torch default is
+    on. ``channels_last`` (default on CPU, off on CUDA) is the activation layout of the population engine
+    and of ``ONE_BY_ONE`` architectures (ResNet-18). ``compile`` (default off) runs ``ONE_BY_ONE`` models
+    through ``torch.compile`` (fused kernels: another rounding). On CUDA, cuDNN also times its algorithms
+    per shape (``cudnn.benchmark``: 2.2× faster grouped convolutions on an H100; GPU runs are not bitwise
+    reproducible anyway). zoo.json records the flags and a run does not resume under other ones.
     """
+    kind = torch.device(device).type
     flags = {}
-    for name, (var, default) in NUMERICS_ENV.items():
-        value = os.environ.get(var, str(int(default)))
-        if value not in ("0", "1"):
+    for name, var in NUMERICS_ENV.items():
+        value = os.environ.get(var)
+        if value is None:
+            flags[name] = NUMERICS_DEFAULTS.get(kind, NUMERICS_DEFAULTS["cpu"])[name]
+        elif value in ("0", "1"):
+            flags[name] = value == "1"
+        else:
             raise ValueError(f"environment variable {var}={value!r}: use 0 or 1 (docs/protocol.md, Numerics)")
-        flags[name] = value == "1"
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = flags["tf32"]
+    if kind == "cuda":
+        torch.backends.cudnn.benchmark = True
     return flags
 
 
@@ -103,10 +126,12 @@ def augment(images: torch.Tensor, kind: str, pad_value: torch.Tensor, seed: int,
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, device: torch.device, aug: tuple | None = None) -> tuple[float, float]:
+def evaluate(model: nn.Module, split: Split, device: torch.device, aug: tuple | None = None,
+             fmt: torch.memory_format = torch.contiguous_format) -> tuple[float, float]:
     """(mean cross-entropy, accuracy in [0, 1]) of ``model`` in eval mode over a whole split.
 
-    ``aug`` = (kind, pad_value, seed, epoch) applies the val augmentation quirk of the ResNet CIFAR zoos.
+    ``aug`` = (kind, pad_value, seed, epoch) applies the val augmentation quirk of the ResNet CIFAR zoos;
+    ``fmt`` is the memory format of the model's inputs.
     """
     model.eval()
     loss_sum, correct, n = 0.0, 0, split.labels.numel()
@@ -118,7 +143,7 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, aug: tuple | 
             ids = torch.arange(start, start + len(y), device=device)
             x = augment(x, kind, pad, seed, epoch, ids,
                         (randomness.VAL_CROP_X, randomness.VAL_CROP_Y, randomness.VAL_FLIP))
-        logits = model(x)
+        logits = model(x.contiguous(memory_format=fmt))
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
     return loss_sum / n, correct / n
@@ -187,13 +212,16 @@ def train_reference(zoo: Zoo, config: ModelConfig, data: ImageData, device: str 
     bitwise those of an uninterrupted run on the same device.
     """
     device = torch.device(device)
-    numerics()
+    flags = numerics(device)
+    fast = zoo.architecture in ONE_BY_ONE
+    fmt = torch.channels_last if fast and flags["channels_last"] else torch.contiguous_format
     layout = zoo.layout
     model = build_model(zoo.architecture, in_channels=zoo.in_channels, num_classes=zoo.num_classes,
                         activation=config.activation, dropout=config.dropout, init=config.init,
-                        seed=config.seed).to(device)
+                        seed=config.seed).to(device, memory_format=fmt)
     if Layout.of(model) != layout:
         raise RuntimeError("model layout differs from the zoo layout")
+    net = torch.compile(model) if fast and flags["compile"] else model  # same parameters; model names them
     train = data.train
     n = train.labels.numel()
     opt, sched = make_optimizer(model, config, n)
@@ -202,9 +230,9 @@ def train_reference(zoo: Zoo, config: ModelConfig, data: ImageData, device: str 
 
     def record(epoch: int, train_metrics: tuple[float, float] | None, step: int) -> EpochResult:
         val_aug = (recipe.augment, pad, config.seed, epoch) if recipe.augment_val else None
-        tl, ta = train_metrics if train_metrics is not None else evaluate(model, train, device)
-        vl, va = evaluate(model, data.val, device, val_aug) if data.val is not None else (math.nan, math.nan)
-        sl, sa = evaluate(model, data.test, device)
+        tl, ta = train_metrics if train_metrics is not None else evaluate(net, train, device, fmt=fmt)
+        vl, va = evaluate(net, data.val, device, val_aug, fmt) if data.val is not None else (math.nan, math.nan)
+        sl, sa = evaluate(net, data.test, device, fmt=fmt)
         values = dict(zip(METRICS, (tl, ta, vl, va, sl, sa), strict=True))
         flat = layout.flatten({k: v.detach().cpu() for k, v in model.state_dict().items()})
         return EpochResult(epoch, flat[None], {k: [v] for k, v in values.items()},
@@ -219,16 +247,16 @@ def train_reference(zoo: Zoo, config: ModelConfig, data: ImageData, device: str 
 
     images, labels = train.images.to(device), train.labels.to(device)
     for epoch in range(first, (stop or config.epochs) + 1):
-        model.train()
+        net.train()
         order = randomness.permutation(config.seed, randomness.DATA_ORDER, epoch, n, device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         for start in range(0, n, config.batch_size):
             idx = order[start : start + config.batch_size]
-            x = augment(images[idx], recipe.augment, pad, config.seed, epoch, idx)
+            x = augment(images[idx], recipe.augment, pad, config.seed, epoch, idx).contiguous(memory_format=fmt)
             y = labels[idx]
             set_dropout_key(model, config.seed, step)
-            logits = model(x)
+            logits = net(x)
             loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

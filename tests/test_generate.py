@@ -149,14 +149,21 @@ def test_a_directory_of_another_run_is_refused(reference_zoo):
 
 
 def test_numerics_are_recorded_and_a_run_resumes_only_under_the_same(reference_zoo, monkeypatch, tmp_path):
-    assert reference_zoo.info["numerics"] == {"tf32": False, "channels_last": True}
+    assert reference_zoo.info["numerics"] == {"tf32": False, "channels_last": True, "compile": False}
     monkeypatch.setenv("MODELZOOS_CHANNELS_LAST", "0")
     unfinished = tmp_path / "unfinished"
     shutil.copytree(reference_zoo.path, unfinished)
     (unfinished / "metadata.parquet").unlink()
-    with pytest.raises(ZooFileError, match=r"numerics \{'tf32': False, 'channels_last': True\}"):
+    with pytest.raises(ZooFileError, match=r"numerics \{'tf32': False, 'channels_last': True, 'compile': False\}"):
         generate(get_zoo("digits_cnn_seed"), unfinished, models=3, epochs=2,
                  engine=reference_zoo.info["run"]["engine"], progress=False)
+    monkeypatch.delenv("MODELZOOS_CHANNELS_LAST")
+    info = json.loads((unfinished / "zoo.json").read_text())
+    del info["numerics"]["compile"]  # recorded before the switch existed: it was off
+    (unfinished / "zoo.json").write_text(json.dumps(info))
+    resumed = generate(get_zoo("digits_cnn_seed"), unfinished, models=3, epochs=2,
+                       engine=reference_zoo.info["run"]["engine"], progress=False)
+    assert len(resumed) == 9
     finished = generate(get_zoo("digits_cnn_seed"), reference_zoo.path, models=3, epochs=2,  # a no-op
                         engine=reference_zoo.info["run"]["engine"], progress=False)
     assert len(finished) == 9

@@ -111,3 +111,40 @@ def test_resnet_trains_one_step_on_tiny_data(digits_data):
     assert [r.epoch for r in results] == [0, 1]
     assert results[1].weights.shape == (1, zoo.layout.size)
     assert not torch.equal(results[0].weights, results[1].weights)
+
+
+def _tiny_resnet_run(stop: int = 1) -> list:
+    from dataclasses import replace
+
+    from modelzoos.data import ImageData, Split
+
+    zoo = get_zoo("cifar10_resnet18_seed")
+    gen = torch.Generator().manual_seed(0)
+    imgs, labels = torch.randn(8, 3, 32, 32, generator=gen), torch.arange(8) % 10
+    data = ImageData(replace(zoo.data, train_size=4), 10, Split(imgs[:4], labels[:4]), Split(imgs[4:6], labels[4:6]),
+                     Split(imgs[6:], labels[6:]), "x")
+    return list(train_reference(zoo, replace(zoo.models()[0], batch_size=2, epochs=stop), data, stop=stop))
+
+
+def test_resnet_channels_last_changes_rounding_only(monkeypatch):
+    fast = _tiny_resnet_run()  # default: channels-last for ONE_BY_ONE architectures
+    monkeypatch.setenv("MODELZOOS_CHANNELS_LAST", "0")
+    plain = _tiny_resnet_run()
+    assert torch.equal(fast[0].weights, plain[0].weights)
+    assert (fast[1].weights - plain[1].weights).abs().max() <= 1e-5
+    assert fast[1].metrics["test_acc"] == plain[1].metrics["test_acc"]
+
+
+def test_compile_switch_compiles_resnet_training_only(monkeypatch, digits_data):
+    compiled = []
+
+    def spy(model):  # stands in for torch.compile: records what would be compiled, runs it eagerly
+        compiled.append((type(model).__name__, model.conv1.weight.is_contiguous(memory_format=torch.channels_last)))
+        return model
+
+    monkeypatch.setattr(torch, "compile", spy)
+    monkeypatch.setenv("MODELZOOS_COMPILE", "1")
+    _tiny_resnet_run()
+    zoo = get_zoo("digits_cnn_seed")
+    list(train_reference(zoo, zoo.models()[0], digits_data, stop=0))  # small CNN: the eager one-by-one baseline
+    assert compiled == [("ResNet", True)]
