@@ -62,7 +62,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -72,21 +71,14 @@ from modelzoos.architectures import Entry, Layout, build_model
 from modelzoos.catalogue import TWIN_EPOCHS, TWIN_METHODS, ModelConfig, Zoo, twin_name
 from modelzoos.data import ImageData, load_image_data
 from modelzoos.export import (
-    FORMAT_VERSION,
-    HYPERPARAMETERS,
     METADATA_SCHEMA,
     Run,
     ZooDir,
     ZooFileError,
-    _atomic,
     _check_or_write_zoo_json,
-    _epoch_path,
-    _resume_point,
     _zoo_json,
-    chunk_dir,
-    read_safetensors,
-    write_json,
-    write_safetensors,
+    finalize,
+    write_chunk,
 )
 from modelzoos.population import Group, PopulationCNN, _evaluate, _pack_state, _unpack_state, adam_step, sgd_step
 from modelzoos.training import METRICS, EpochResult, numerics
@@ -280,6 +272,9 @@ class TwinEpoch(EpochResult):
 
     log_sigma2: torch.Tensor | None = field(default=None)
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return super().tensors() | ({} if self.log_sigma2 is None else {"log_sigma2": self.log_sigma2})
+
 
 def _groups(configs: list[ModelConfig], dense: torch.Tensor, layout: Layout, net_ard: list[tuple[str, str]],
             method: str, device: torch.device) -> list[Group]:
@@ -322,7 +317,7 @@ def train_twins(zoo: Zoo, configs: list[ModelConfig], dense: torch.Tensor, data:
     weight decay, dropout, batch size). ``resume = (epoch, state)`` continues after ``epoch``.
     """
     device = torch.device(device)
-    channels_last = numerics()["channels_last"]
+    channels_last = numerics(device)["channels_last"]
     layout = zoo.layout
     ls_layout = log_sigma2_layout(zoo) if method == "vd" else None
     nets = {}
@@ -441,58 +436,6 @@ def _source_weights(source: ZooDir, ids: list[int], epoch: int) -> torch.Tensor:
     return torch.stack([flats[rows[m]] for m in ids])
 
 
-def _write_epoch(cdir: Path, chunk: list[ModelConfig], result: TwinEpoch) -> None:
-    meta = {"model_ids": json.dumps([c.model_id for c in chunk]), "epoch": str(result.epoch),
-            "metrics": json.dumps(result.metrics)}
-    tensors = {"weights": result.weights}
-    if result.log_sigma2 is not None:
-        tensors["log_sigma2"] = result.log_sigma2
-    write_safetensors(_epoch_path(cdir, result.epoch), tensors, meta)
-
-
-def _train_chunk(run: Run, root: Path, chunk: list[ModelConfig], dense: torch.Tensor, data: ImageData, method: str,
-                 device: str, bar: tqdm) -> None:
-    """``export.train_chunk`` for twins: same files, resume from the chunk's state file."""
-    cdir = chunk_dir(root, chunk)
-    if (cdir / "complete.json").exists():
-        return
-    resume = _resume_point(cdir)
-    if resume is not None:
-        bar.update(len(chunk) * (resume[0] + 1))
-    for result in train_twins(run.zoo, chunk, dense, data, method, device, resume=resume, stop=run.epochs):
-        _write_epoch(cdir, chunk, result)
-        write_safetensors(cdir / "state.safetensors", result.state, {"epoch": str(result.epoch)})
-        bar.update(len(chunk))
-    write_json(cdir / "complete.json", {"models": [c.model_id for c in chunk], "epochs": run.epochs})
-    (cdir / "state.safetensors").unlink(missing_ok=True)
-
-
-def _finalize(root: Path, run: Run, twins: dict) -> None:
-    """metadata.parquet (TWIN_SCHEMA) from the epoch files of all chunks; marks the twin directory complete."""
-    rows = []
-    for chunk in run.chunks():
-        cdir = chunk_dir(root, chunk)
-        for epoch in range(run.epochs + 1):
-            path = _epoch_path(cdir, epoch)
-            tensors, meta = read_safetensors(path)
-            metrics = json.loads(meta["metrics"])
-            finite = torch.isfinite(tensors["weights"]).all(dim=1)
-            rel = path.relative_to(root).as_posix()
-            for i, config in enumerate(chunk):
-                row = {"zoo": run.zoo.name, "model_id": config.model_id, "epoch": epoch}
-                row |= {h: getattr(config, h) for h in HYPERPARAMETERS}
-                row |= {m: metrics[m][i] for m in (*METRICS, "sparsity")}
-                row |= {"ggap": metrics["train_acc"][i] - metrics["test_acc"][i], "nonfinite": not bool(finite[i]),
-                        "weights_file": rel, "weights_row": i}
-                rows.append(row)
-    table = pa.Table.from_pylist(rows, schema=TWIN_SCHEMA)
-    table = table.sort_by([("model_id", "ascending"), ("epoch", "ascending")])
-    table = table.replace_schema_metadata({"modelzoos.zoo": json.dumps(run.zoo.to_dict()),
-                                           "modelzoos.format_version": str(FORMAT_VERSION),
-                                           "modelzoos.twins": json.dumps(twins)})
-    _atomic(root / "metadata.parquet", lambda p: pq.write_table(table, p, compression="zstd"))
-
-
 def sparsify(source: ZooDir | str | Path, out: str | Path, method: str, device: str = "cpu",
              models: int | None = None, progress: bool = True, *, epochs: int = TWIN_EPOCHS,
              chunk_size: int | None = None, data_root: str | Path | None = None, download: bool = False) -> ZooDir:
@@ -530,8 +473,9 @@ def sparsify(source: ZooDir | str | Path, out: str | Path, method: str, device: 
         with tqdm(total=total, desc=f"{zoo.name}", unit="state", disable=not progress) as bar:
             for chunk in run.chunks():
                 dense = _source_weights(src, [c.model_id for c in chunk], last)
-                _train_chunk(run, root, chunk, dense, data, method, device, bar)
-        _finalize(root, run, info["twins"])
+                write_chunk(root, chunk, epochs, lambda resume, chunk=chunk, dense=dense: train_twins(
+                    zoo, chunk, dense, data, method, device, resume=resume, stop=epochs), bar)
+        finalize(root, run, TWIN_SCHEMA, {"modelzoos.twins": json.dumps(info["twins"])})
     return ZooDir(root)
 
 

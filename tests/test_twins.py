@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from modelzoos import twins
+from modelzoos import export, twins
 from modelzoos.architectures import Layout
 from modelzoos.catalogue import TWIN_EPOCHS, get_zoo
 from modelzoos.cli import main
@@ -94,7 +94,7 @@ def test_masked_weights_are_exact_zeros_counted_by_sparsity(twin):
         if e == 0:
             continue
         if vd:  # the stored pair (w, log σ²) gives log α ≥ 3 exactly where w = 0
-            tensors, _ = twins.read_safetensors(twin.path / row.weights_file)
+            tensors, _ = export.read_safetensors(twin.path / row.weights_file)
             ls2 = ls_layout.unflatten(tensors["log_sigma2"][row.weights_row])
             for entry in ls_layout.entries:
                 kind = "conv" if entry.name.startswith("conv") else "linear"
@@ -151,14 +151,14 @@ def test_published_rows_are_sparse_and_reproduce_their_accuracy(twin, source, tm
 def test_resume_after_interruption_is_identical(twin, source, tmp_path, monkeypatch):
     method = twin.info["twins"]["method"]
     out = tmp_path / "twin"
-    real = twins.write_safetensors
+    real = export.write_safetensors
 
     def write_then_die(path, tensors, metadata):
         real(path, tensors, metadata)
         if path.name == "state.safetensors" and metadata["epoch"] == "2":
             raise KeyboardInterrupt  # killed right after epoch 2 was saved
 
-    monkeypatch.setattr(twins, "write_safetensors", write_then_die)
+    monkeypatch.setattr(export, "write_safetensors", write_then_die)
     with pytest.raises(KeyboardInterrupt):
         sparsify(source, out, method, epochs=EPOCHS, progress=False)
     monkeypatch.undo()
