@@ -3,6 +3,7 @@
 import textwrap
 
 import pytest
+import torch
 
 from modelzoos.catalogue import get_zoo
 from modelzoos.data import load_image_data
@@ -36,6 +37,16 @@ def hf_offline(tmp_path_factory):
         mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
         mp.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hub"))
         yield home
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for the rest of a module (small models and ResNet forwards on a shared
+    2-core machine: two contended threads were ≈ 15× slower); the thread count is restored after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

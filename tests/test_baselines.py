@@ -34,15 +34,7 @@ TINY_HYPERREP = HyperRepConfig(d_model=32, ffn=64, latent=16, epochs=6, batch_si
 TINY_SANE = SaneConfig(d_model=32, latent=8, window=16, epochs=6, batch_size=16, permutations=100)
 
 
-pytestmark = pytest.mark.usefixtures("hf_offline")  # conftest: offline, temporary HF caches
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is ~15× faster than two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("hf_offline", "one_thread")  # conftest: offline HF caches, 1 torch thread
 
 
 @pytest.fixture(scope="module")

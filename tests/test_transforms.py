@@ -47,15 +47,6 @@ def resnet():
     return model, layout, layout.flatten(model.state_dict()).numpy()
 
 
-@pytest.fixture
-def one_thread():
-    """ResNet forwards on a shared 2-core box: intra-op threads contend (≈15× slower); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def cnn_layout():
     return Layout.of(build_model("cnn", in_channels=1))
