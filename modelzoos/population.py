@@ -22,7 +22,7 @@ GPUs (docs/protocol.md, "Numerics").
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -162,23 +162,58 @@ def sgd_step(g: Group, step: int | torch.Tensor) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _groups(zoo: Zoo, configs: list[ModelConfig], device: torch.device) -> list[Group]:
+def make_groups(configs: list[ModelConfig], params_of: Callable[[list[int]], dict[str, torch.Tensor]],
+                device: torch.device) -> list[Group]:
+    """The chunk's models grouped by (activation, optimizer type), in order of first appearance.
+
+    ``params_of(index)`` gives the initial parameters [M, *shape] on ``device`` of the models at positions
+    ``index``; each group gets them as leaves that require grad, zeroed optimizer state and its models'
+    seeds, learning rates, weight decays and dropout probabilities as device tensors.
+    """
     keys: dict[tuple[str, str], list[int]] = {}
     for i, c in enumerate(configs):
         keys.setdefault((c.activation, c.optimizer), []).append(i)
     groups = []
     for (_, optimizer), index in keys.items():
         cs = [configs[i] for i in index]
-        states = [build_model(zoo.architecture, in_channels=zoo.in_channels, num_classes=zoo.num_classes,
-                              activation=c.activation, dropout=c.dropout, init=c.init, seed=c.seed).state_dict()
-                  for c in cs]
-        params = {k: torch.stack([s[k] for s in states]).to(device).requires_grad_() for k in states[0]}
+        params = {k: v.requires_grad_() for k, v in params_of(index).items()}
         slots = ("exp_avg", "exp_avg_sq") if optimizer == "adam" else ("momentum_buffer",)
         opt_state = {f"{k}.{s}": torch.zeros_like(v, requires_grad=False) for k, v in params.items() for s in slots}
         t = lambda vals, dt=torch.float32: torch.tensor(vals, dtype=dt, device=device)  # noqa: E731
         groups.append(Group(index, cs, params, opt_state, t([c.seed for c in cs], torch.int64),
                             t([c.lr for c in cs]), t([c.weight_decay for c in cs]), t([c.dropout for c in cs])))
     return groups
+
+
+def _groups(zoo: Zoo, configs: list[ModelConfig], device: torch.device) -> list[Group]:
+    """Groups of freshly initialised models, each built exactly as the reference engine builds it."""
+
+    def params_of(index: list[int]) -> dict[str, torch.Tensor]:
+        states = [build_model(zoo.architecture, in_channels=zoo.in_channels, num_classes=zoo.num_classes,
+                              activation=c.activation, dropout=c.dropout, init=c.init, seed=c.seed).state_dict()
+                  for c in (configs[i] for i in index)]
+        return {k: torch.stack([s[k] for s in states]).to(device) for k in states[0]}
+
+    return make_groups(configs, params_of, device)
+
+
+def record_metrics(values: dict[str, list[float]], g: Group, net: PopulationCNN, params: dict[str, torch.Tensor],
+                   data: ImageData, device: torch.device, train: tuple[torch.Tensor, torch.Tensor] | None,
+                   **extra: torch.Tensor) -> None:
+    """Write one group's per-model metrics into ``values`` (column → one value per chunk model) at its positions.
+
+    ``train``: the epoch's running (loss, accuracy) of the train-mode forwards, or None for an eval pass
+    over the train split (epoch 0); val (if the data has it) and test: eval passes with ``params``;
+    ``extra``: further columns [M]. One device→host copy per column.
+    """
+    cols = dict(zip(("train_loss", "train_acc"), train if train is not None
+                    else _evaluate(net, params, data.train, device), strict=True))
+    if data.val is not None:
+        cols["val_loss"], cols["val_acc"] = _evaluate(net, params, data.val, device)
+    cols["test_loss"], cols["test_acc"] = _evaluate(net, params, data.test, device)
+    for k, v in (cols | extra).items():
+        for i, x in zip(g.index, v.tolist(), strict=True):
+            values[k][i] = x
 
 
 @torch.no_grad()
@@ -246,14 +281,8 @@ def train_population(zoo: Zoo, configs: list[ModelConfig], data: ImageData, devi
         weights = torch.empty(len(configs), layout.size)
         for gi, (g, net) in enumerate(zip(groups, nets, strict=True)):
             params = {k: v.detach() for k, v in g.params.items()}
-            tl, ta = train_metrics[gi] if train_metrics is not None else _evaluate(net, params, data.train, device)
-            cols = {"train_loss": tl, "train_acc": ta}
-            if data.val is not None:
-                cols["val_loss"], cols["val_acc"] = _evaluate(net, params, data.val, device)
-            cols["test_loss"], cols["test_acc"] = _evaluate(net, params, data.test, device)
-            for k, v in cols.items():
-                for i, x in zip(g.index, v.tolist(), strict=True):  # one device→host copy per column
-                    values[k][i] = x
+            record_metrics(values, g, net, params, data, device,
+                           train_metrics[gi] if train_metrics is not None else None)
             weights[g.index] = layout.flatten({k: v.cpu() for k, v in params.items()})
         return EpochResult(epoch, weights, values, _pack_state(groups, step))
 

@@ -80,7 +80,16 @@ from modelzoos.export import (
     finalize,
     write_chunk,
 )
-from modelzoos.population import Group, PopulationCNN, _evaluate, _pack_state, _unpack_state, adam_step, sgd_step
+from modelzoos.population import (
+    Group,
+    PopulationCNN,
+    _pack_state,
+    _unpack_state,
+    adam_step,
+    make_groups,
+    record_metrics,
+    sgd_step,
+)
 from modelzoos.training import METRICS, EpochResult, numerics
 
 METHODS = TWIN_METHODS
@@ -278,23 +287,16 @@ class TwinEpoch(EpochResult):
 
 def _groups(configs: list[ModelConfig], dense: torch.Tensor, layout: Layout, net_ard: list[tuple[str, str]],
             method: str, device: torch.device) -> list[Group]:
-    keys: dict[tuple[str, str], list[int]] = {}
-    for i, c in enumerate(configs):
-        keys.setdefault((c.activation, c.optimizer), []).append(i)
-    groups = []
-    for (_, optimizer), index in keys.items():
-        cs = [configs[i] for i in index]
-        state = layout.unflatten(dense[index].to(device))
-        params = {k: v.clone().requires_grad_() for k, v in state.items()}
+    """Groups of the loaded dense models (``dense`` [M, D]); VD adds a log σ² = −10 per ARD tensor entry."""
+
+    def params_of(index: list[int]) -> dict[str, torch.Tensor]:
+        params = {k: v.clone() for k, v in layout.unflatten(dense[index].to(device)).items()}
         if method == "vd":
             for name, _ in net_ard:
-                params[f"{name}.log_sigma2"] = torch.full_like(state[name], LOG_SIGMA2_INIT).requires_grad_()
-        slots = ("exp_avg", "exp_avg_sq") if optimizer == "adam" else ("momentum_buffer",)
-        opt_state = {f"{k}.{s}": torch.zeros_like(v, requires_grad=False) for k, v in params.items() for s in slots}
-        t = lambda vals, dt=torch.float32: torch.tensor(vals, dtype=dt, device=device)  # noqa: E731
-        groups.append(Group(index, cs, params, opt_state, t([c.seed for c in cs], torch.int64),
-                            t([c.lr for c in cs]), t([c.weight_decay for c in cs]), t([c.dropout for c in cs])))
-    return groups
+                params[f"{name}.log_sigma2"] = torch.full_like(params[name], LOG_SIGMA2_INIT)
+        return params
+
+    return make_groups(configs, params_of, device)
 
 
 def log_sigma2_layout(zoo: Zoo) -> Layout:
@@ -339,15 +341,8 @@ def train_twins(zoo: Zoo, configs: list[ModelConfig], dense: torch.Tensor, data:
                 sparsity = torch.zeros(g.m, dtype=torch.float64)
             else:
                 params, sparsity = net.sparse(g.params)
-            tl, ta = (train_metrics[gi] if train_metrics is not None
-                      else _evaluate(net.eval_net, params, data.train, device))
-            cols = {"train_loss": tl, "train_acc": ta, "sparsity": sparsity}
-            if data.val is not None:
-                cols["val_loss"], cols["val_acc"] = _evaluate(net.eval_net, params, data.val, device)
-            cols["test_loss"], cols["test_acc"] = _evaluate(net.eval_net, params, data.test, device)
-            for k, v in cols.items():
-                for j, i in enumerate(g.index):
-                    values[k][i] = float(v[j])
+            record_metrics(values, g, net.eval_net, params, data, device,
+                           train_metrics[gi] if train_metrics is not None else None, sparsity=sparsity)
             weights[g.index] = layout.flatten({k: v.cpu() for k, v in params.items()})
             if ls2 is not None:
                 ls2[g.index] = ls_layout.flatten({e.name: g.params[f"{e.name}.log_sigma2"].detach().cpu()
