@@ -54,13 +54,21 @@ CARDS_DIR = Path(__file__).resolve().parent.parent / "cards"
 # The columns of a row: metadata.parquet's minus the pointers into the weights files, then the weights.
 COLUMNS: tuple[pa.Field, ...] = tuple(f for f in METADATA_SCHEMA if f.name not in ("weights_file", "weights_row"))
 _VALUE = {pa.string(): "string", pa.int64(): "int64", pa.float64(): "float64", pa.bool_(): "bool"}
-WEIGHTS_COLUMN_PATH = "weights.list.element"  # the Parquet leaf of fixed_size_list<float32> (compliant nesting)
+
+
+def vector_leaf(column: str) -> str:
+    """The Parquet leaf of a fixed_size_list<float32> column (compliant nesting)."""
+    return f"{column}.list.element"
+
+
+WEIGHTS_COLUMN_PATH = vector_leaf("weights")
+# writer options; each shard adds BYTE_STREAM_SPLIT for the leaves of its vector columns (``_write_shard``)
 PARQUET_OPTIONS = {
     "compression": "zstd",
-    "use_dictionary": [f.name for f in COLUMNS if f.type == pa.string()],  # never on the weights
-    "column_encoding": {WEIGHTS_COLUMN_PATH: "BYTE_STREAM_SPLIT"},  # + every other vector column's leaf
+    "use_dictionary": [f.name for f in COLUMNS if f.type == pa.string()],  # never on the vectors
     "write_page_index": True,
 }
+
 COLUMN_DOCS = {
     "zoo": "zoo (= config) name",
     "model_id": "position of the model in the zoo's enumeration",
@@ -288,8 +296,8 @@ def _write_shard(path: Path, src: _Source, schema: pa.Schema, rows: np.ndarray, 
     0 rows would make it fail with "BatchSize must be greater than 0").
     """
     vectors = vector_columns(src.dim, src.twins)
-    encoding = {f"{name}.list.element": "BYTE_STREAM_SPLIT" for name in vectors}
-    with pq.ParquetWriter(path, schema, **(PARQUET_OPTIONS | {"column_encoding": encoding})) as writer:
+    encoding = {vector_leaf(name): "BYTE_STREAM_SPLIT" for name in vectors}
+    with pq.ParquetWriter(path, schema, **PARQUET_OPTIONS, column_encoding=encoding) as writer:
         start = 0
         for size in groups:
             sel = rows[start : start + size]
