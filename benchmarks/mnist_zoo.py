@@ -24,7 +24,7 @@ from sklearn.datasets import load_digits
 
 from modelzoos.catalogue import get_zoo
 from modelzoos.data import load_image_data
-from modelzoos.export import generate
+from modelzoos.generate import generate
 from modelzoos.training import numerics
 
 

@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 
 from modelzoos import publish
 from modelzoos.catalogue import get_zoo
-from modelzoos.export import ZooDir, generate
+from modelzoos.export import ZooDir
+from modelzoos.generate import generate
 
 
 def weights_bytes(files: list[Path]) -> tuple[int, int]:

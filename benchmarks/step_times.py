@@ -16,10 +16,11 @@ import torch
 from engines import TRAIN_FLOP, mnist_shaped
 from torch.profiler import ProfilerActivity, profile
 
-from modelzoos.architectures import build_model
+from modelzoos.architectures import get_architecture
 from modelzoos.catalogue import get_zoo
 from modelzoos.data import Split, load_image_data
-from modelzoos.population import PopulationCNN, _evaluate, _groups, _Steps
+from modelzoos.optimizers import OPTIMIZERS
+from modelzoos.population import GroupSteps, PopulationCNN, data_order, evaluate, initial_groups
 from modelzoos.training import numerics, train_reference
 
 
@@ -52,13 +53,13 @@ def main() -> None:
     print("| models | CUDA graphs | ms per step | model-steps/s | TFLOP/s | val eval s |", flush=True)
     for m in args.models:
         t0 = time.perf_counter()
-        (g,) = _groups(zoo, zoo.models()[:m], dev)
-        net = PopulationCNN(build_model("cnn", in_channels=1), g.configs[0].activation, flags["channels_last"])
+        (g,) = initial_groups(zoo, zoo.models()[:m], dev)
+        net = PopulationCNN(get_architecture("cnn").layers, g.activation, flags["channels_last"])
         setup = time.perf_counter() - t0
         params = {k: v.detach() for k, v in g.params.items()}
-        ev = timed(lambda: _evaluate(net, params, data.val, dev))  # noqa: B023
+        ev = timed(lambda: evaluate(net, params, data.val, dev))  # noqa: B023
         for graphs in (True, False):
-            st = _Steps(g, net, images, labels, bs, 0, graphs)
+            st = steps(g, net, images, labels, bs, graphs)
             first = timed(lambda: st.epoch(1))  # noqa: B023
             sec = timed(lambda: st.epoch(2))  # noqa: B023
             ms = 1e3 * sec / args.steps
@@ -74,11 +75,14 @@ def main() -> None:
     profile_steps(args, g, net, images, labels, bs)
 
 
+def steps(g, net, images, labels, bs, graphs: bool) -> GroupSteps:
+    """The engine's training steps of group ``g`` (data order as the population engine draws it)."""
+    return GroupSteps(g, net.forward, images, labels, bs, graphs, data_order(g, labels.numel()))
+
+
 def phase_times(g, net, images, labels, bs, steps: int = 20) -> None:
     """ms per phase of eager steps (CUDA events): batch gather, forward + loss, backward, optimizer."""
     import torch.nn.functional as F
-
-    from modelzoos.population import adam_step
 
     ev = [torch.cuda.Event(enable_timing=True) for _ in range(5)]
     total = [0.0] * 4
@@ -94,7 +98,7 @@ def phase_times(g, net, images, labels, bs, steps: int = 20) -> None:
         losses.sum().backward()
         ev[3].record()
         step.add_(1)
-        adam_step(g, step)
+        OPTIMIZERS["adam"].step(g.params, g.opt_state, g.lr, g.wd, step)
         ev[4].record()
         torch.cuda.synchronize()
         if i >= 3:
@@ -108,7 +112,7 @@ def profile_steps(args, g, net, images, labels, bs) -> None:
     if not args.profile:
         return
     phase_times(g, net, images, labels, bs)
-    st = _Steps(g, net, images[: args.profile * bs], labels[: args.profile * bs], bs, 0, False)
+    st = steps(g, net, images[: args.profile * bs], labels[: args.profile * bs], bs, False)
     st.epoch(1)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         st.epoch(2)

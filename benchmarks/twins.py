@@ -34,7 +34,8 @@ import torch
 from safetensors import safe_open
 
 from modelzoos.catalogue import TWIN_EPOCHS, get_zoo
-from modelzoos.export import ZooDir, generate
+from modelzoos.export import ZooDir
+from modelzoos.generate import generate
 from modelzoos.twins import sparsify, summary
 
 ZOO = "digits_cnn_seed"

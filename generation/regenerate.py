@@ -4,9 +4,10 @@
     python generation/regenerate.py '*_cnn_seed' --out zoos/ --backend ray --chunk-size 250
     python generation/regenerate.py 'mnist_cnn_seed' --out zoos/ --twins vd,mp --device cuda
 
-Each zoo goes to ``<out>/<zoo name>``; the logic is ``modelzoos.export.generate`` (same options as
-``modelzoos generate``). ResNet-18 zoos need ``--engine reference``. ``--twins vd,mp`` also sparsifies
-every CNN zoo into ``<out>/<zoo name>_sparse_<method>`` (``modelzoos.twins.sparsify``, as ``modelzoos twins``).
+Each zoo goes to ``<out>/<zoo name>``; the logic is ``modelzoos.generate.generate`` (same options as
+``modelzoos generate``; each architecture trains with its default engine unless ``--engine`` is given).
+``--twins vd,mp`` also sparsifies every CNN zoo into ``<out>/<zoo name>_sparse_<method>``
+(``modelzoos.twins.sparsify``, as ``modelzoos twins``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from modelzoos.architectures import get_architecture
 from modelzoos.catalogue import TWIN_METHODS, list_zoos, twin_name
-from modelzoos.export import generate
-from modelzoos.twins import ARCHITECTURES, sparsify
+from modelzoos.generate import generate
+from modelzoos.twins import sparsify
 
 
 def main() -> None:
@@ -26,7 +28,8 @@ def main() -> None:
     p.add_argument("--data-root", default=None)
     p.add_argument("--download", action="store_true")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--engine", default=None, help="default: population for CNN zoos, reference for ResNet-18")
+    p.add_argument("--engine", default=None, help="default: each architecture's (population for CNNs, reference "
+                                                  "for ResNet-18)")
     p.add_argument("--backend", default="local", choices=("local", "ray"))
     p.add_argument("--chunk-size", type=int, default=None)
     p.add_argument("--twins", default="", help=f"comma-separated twin methods ({', '.join(TWIN_METHODS)}) for CNN zoos")
@@ -38,11 +41,10 @@ def main() -> None:
     if not zoos:
         raise SystemExit(f"no published zoo matches {args.pattern!r}; see `modelzoos zoos`")
     for zoo in zoos:
-        engine = args.engine or ("reference" if zoo.architecture == "resnet18" else "population")
-        zd = generate(zoo, args.out / zoo.name, engine=engine, device=args.device, data_root=args.data_root,
+        zd = generate(zoo, args.out / zoo.name, engine=args.engine, device=args.device, data_root=args.data_root,
                       download=args.download, chunk_size=args.chunk_size, backend=args.backend)
         print(zd.summary())
-        for method in twins if zoo.architecture in ARCHITECTURES else []:
+        for method in twins if get_architecture(zoo.architecture).layers is not None else []:
             twin = sparsify(zd, args.out / twin_name(zoo.name, method), method, device=args.device,
                             data_root=args.data_root, chunk_size=args.chunk_size)
             print(twin.summary())

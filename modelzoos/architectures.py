@@ -1,7 +1,9 @@
 """The three zoo architectures, their initialisation, and the flat weight layout.
 
-Registry: ``ARCHITECTURES`` maps an architecture name (``cnn``, ``cnn_m``, ``resnet18``) to a builder
-``(in_channels, num_classes, activation, dropout) -> nn.Module``; ``build_model`` is the one front door.
+Registry: ``ARCHITECTURES`` maps an architecture name (``cnn``, ``cnn_m``, ``resnet18``) to an
+``Architecture`` entry: its builder ``(in_channels, num_classes, activation, dropout) -> nn.Module`` and what
+the rest of the package can do with it (default training engine, LayerSpec table for batched training and
+twins, residual links, neuron tokens); ``build_model`` is the one front door.
 
 Parameter names are stable (``conv1.weight``, ``fc2.bias``, torchvision names for ResNet-18) and never
 depend on dropout: the original public CNN class shifted module indices when dropout > 0 (protocol §12.8).
@@ -174,11 +176,29 @@ def resnet18(in_channels: int = 3, num_classes: int = 10, activation: str = "rel
     return model
 
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    "cnn": small_cnn,
-    "cnn_m": medium_cnn,
-    "resnet18": resnet18,
+@dataclass(frozen=True)
+class Architecture:
+    """One registry entry: how to build the network and what the package can do with it."""
+
+    build: Callable[..., nn.Module]  # (in_channels, num_classes, activation, dropout) -> module
+    engine: str  # default training engine: "population" (many models batched) | "reference" (one at a time)
+    layers: tuple[LayerSpec, ...] | None = None  # a ConvNet's table: the population engine and the twins batch it
+    residual: bool = False  # residual links tie permutation groups (transforms.PermutationSpec)
+    neuron_tokens: bool = True  # a whole model fits one sequence of per-neuron tokens (baselines.hyperrep)
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "cnn": Architecture(small_cnn, "population", CNN_S),
+    "cnn_m": Architecture(medium_cnn, "population", CNN_M),
+    # compute-bound steps at batch 128-256: one model at a time (BENCHMARKS.md, ResNet-18)
+    "resnet18": Architecture(resnet18, "reference", residual=True, neuron_tokens=False),
 }
+
+
+def get_architecture(name: str) -> Architecture:
+    """The registry entry of ``name``; ValueError listing the valid names otherwise."""
+    _choice("architecture", name, ARCHITECTURES)
+    return ARCHITECTURES[name]
 
 
 def init_weights(model: nn.Module, init: str) -> nn.Module:
@@ -203,14 +223,14 @@ def build_model(architecture: str, *, in_channels: int, num_classes: int = 10, a
     architecture, channels) are therefore bit-identical, whatever their activation, dropout or optimizer.
     The global torch RNG is restored afterwards so that building a model has no side effect.
     """
-    _choice("architecture", architecture, ARCHITECTURES)
+    entry = get_architecture(architecture)
     _choice("activation", activation, ACTIVATIONS)
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        model = ARCHITECTURES[architecture](in_channels, num_classes, activation, dropout)
+        model = entry.build(in_channels, num_classes, activation, dropout)
         if init is not None:
             init_weights(model, init)
     return model

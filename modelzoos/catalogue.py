@@ -29,18 +29,27 @@ import numpy as np
 
 from modelzoos import architectures
 from modelzoos.data import DATASETS, DataRecipe, dataset_info
+from modelzoos.optimizers import OPTIMIZERS
 
 SPEC_DIR = Path(__file__).parent / "zoos"
 CONFIGS = ("seed", "hyp_rand", "hyp_fix")
-OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "onecycle")
 GRID_AXES = ("init", "activation", "optimizer", "lr", "weight_decay", "dropout")
 TWIN_EPOCHS = 25  # sparsified twins: 25 epochs per model (protocol §8)
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+# zoo names, which are also the config names of a published repository (and its folder names under data/)
+NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 
 class SpecError(ValueError):
     """A zoo spec (name or file) is invalid; the message names the file, the field and the fix."""
+
+
+def check_name(name: object, origin: str) -> str:
+    """``name`` if it is a valid zoo / config name (``NAME``), else SpecError naming ``origin``."""
+    if not isinstance(name, str) or not NAME.match(name):
+        raise SpecError(f"{origin}: name {name!r} is invalid; a zoo or config name must match {NAME.pattern} "
+                        "(lowercase letters, digits, underscores; no path characters)")
+    return name
 
 
 @dataclass(frozen=True)
@@ -149,11 +158,12 @@ class Zoo:
         }
 
     def to_dict(self) -> dict:
-        """The resolved spec as plain JSON-able data (written into zoo.json); ``from_dict`` inverts it."""
+        """The resolved spec as plain JSON data (lists, no tuples: equal to its own JSON round trip), as
+        written into zoo.json; ``from_dict`` inverts it."""
         d = asdict(self)
         d.pop("path")
         d["grid"] = {k: list(v) for k, v in self.grid.items()}
-        d["data"] = asdict(self.data)
+        d["data"] = self.data.to_dict()
         d["notes"] = list(self.notes)
         return d
 
@@ -188,9 +198,7 @@ def _parse(raw: dict, origin: str) -> Zoo:
     missing = {"name", "architecture", "config", "data", "epochs", "batch_size", "grid", "seeds"} - set(raw)
     if missing:
         raise _fail(origin, f"missing field(s) {sorted(missing)}")
-    name = raw["name"]
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise _fail(origin, f"name {name!r} must be lowercase letters, digits and underscores")
+    name = check_name(raw["name"], origin)
     try:
         data = DataRecipe.from_dict(raw["data"])
     except (ValueError, TypeError) as err:
@@ -292,11 +300,12 @@ def unknown_zoo(name: str) -> SpecError:
 # ---------------------------------------------------------------------------------------------------------
 
 
-_GRAMMAR = re.compile(r"^([a-z0-9]+)_(cnn_m|cnn|resnet18)_(seed|hyp_rand|hyp_fix)$")
+_ARCHS = tuple(architectures.ARCHITECTURES)
+_GRAMMAR = re.compile(rf"^([a-z0-9]+)_({'|'.join(sorted(_ARCHS, key=len, reverse=True))})_({'|'.join(CONFIGS)})$")
 
 
-TWIN_METHODS = ("vd", "mp")  # sparsified twins: variational dropout, magnitude pruning (modelzoos.twins)
-_TWIN = re.compile(r"^(.+)_sparse_(vd|mp)$")
+TWIN_METHODS = ("vd", "mp")  # sparsified twins: variational dropout, magnitude pruning (modelzoos.twins.METHODS)
+_TWIN = re.compile(rf"^(.+)_sparse_({'|'.join(TWIN_METHODS)})$")
 
 
 def twin_name(zoo: str, method: str) -> str:
@@ -304,7 +313,7 @@ def twin_name(zoo: str, method: str) -> str:
     return f"{zoo}_sparse_{method}"
 
 
-def _order(name: str) -> tuple:
+def table_order(name: str) -> tuple:
     """Table order: dataset, then architecture, then config, twins right after their zoo; names off the
     grammar go last."""
     twin = _TWIN.match(name)
@@ -312,13 +321,12 @@ def _order(name: str) -> tuple:
     match = _GRAMMAR.match(base)
     if not match or match[1] not in DATASETS:
         return (len(DATASETS), 0, 0, base, rank)
-    return (DATASETS.index(match[1]), ("cnn", "cnn_m", "resnet18").index(match[2]), CONFIGS.index(match[3]), base,
-            rank)
+    return DATASETS.index(match[1]), _ARCHS.index(match[2]), CONFIGS.index(match[3]), base, rank
 
 
 def zoo_names() -> list[str]:
     """Names of the catalogued zoos (the 27 published and the offline digits zoos), in table order."""
-    return sorted((p.stem for p in SPEC_DIR.glob("*.toml")), key=_order)
+    return sorted((p.stem for p in SPEC_DIR.glob("*.toml")), key=table_order)
 
 
 def get_zoo(name_or_path: str | Path) -> Zoo:

@@ -42,7 +42,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
@@ -58,6 +57,8 @@ from safetensors.torch import save_file
 from torch.utils.data import random_split
 from torchvision import datasets as tvd
 from torchvision.datasets.utils import download_and_extract_archive, verify_str_arg
+
+from modelzoos.files import atomic_write
 
 __all__ = [
     "AUGMENTS",
@@ -578,23 +579,15 @@ def _read_cache(path: Path, recipe: DataRecipe) -> tuple[dict[str, Split], str] 
 
 
 def _write_cache(path: Path, recipe: DataRecipe, splits: Mapping[str, Split], sha: str) -> None:
-    """Write atomically: a temporary file in the same folder, then ``os.replace``."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-    except OSError as err:
-        warnings.warn(f"Not caching {recipe.dataset}: cannot write to {path.parent} ({err})", stacklevel=3)
-        return
+    """Write atomically (``files.atomic_write``); an unwritable data root only skips the cache, with a warning."""
     tensors = {f"{s}.{k}": getattr(split, k).contiguous() for s, split in splits.items()
                for k in ("images", "labels")}
     metadata = {"format": CACHE_FORMAT, "recipe": _recipe_json(recipe), "sha256": sha}
     try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    except OSError as err:
+        warnings.warn(f"Not caching {recipe.dataset}: cannot write {path} ({err})", stacklevel=3)
+        return
     log.info("%s: cached %s", recipe.dataset, path)
 
 

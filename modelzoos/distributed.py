@@ -1,19 +1,20 @@
-"""Generate a zoo on a Ray cluster: one Ray task per chunk of models, all writing into one zoo directory.
+"""The Ray backend of ``export.produce``: one Ray task per chunk of models, all writing into one zoo directory.
 
-``generate_ray`` does what ``export.generate`` does, with the chunk loop spread over a cluster:
+``RayBackend`` does what ``export.LocalBackend`` does, with the chunk loop spread over a cluster:
 
-1. one small task loads the image data on a worker and returns the zoo.json contents, which the driver
-   checks against (or writes to) ``<zoo>/zoo.json``, so a directory of another run or other image data
-   is refused exactly as with the local backend, and the driver itself never needs the data;
-2. every chunk of ``run.chunks()`` without ``complete.json`` becomes one task (Ray costs ≈0.1 s per task:
-   distribute chunks of models, not single models); the task loads the data once per worker process,
-   checks its hash against zoo.json and calls ``export.train_chunk``;
-3. the driver waits for the tasks (progress bar over chunks) and writes ``metadata.parquet`` (``finalize``).
+1. ``describe``: one small task describes the run on a worker (the producer loads the image data there), so
+   the driver checks (or writes) ``<zoo>/zoo.json`` exactly as with the local backend and never needs the
+   data itself;
+2. ``write``: every pending chunk becomes one task (Ray costs ≈0.1 s per task: distribute chunks of models,
+   not single models); the task checks the worker's image data against zoo.json and calls
+   ``export.write_chunk`` with the producer;
+3. the driver waits for the tasks (progress bar over chunks); ``export.produce`` then writes
+   ``metadata.parquet``.
 
 Requirements: the zoo directory must be on a filesystem shared by the driver and every worker, mounted
-at the same path (the driver passes it as an absolute path); each node needs the same ``modelzoos``
-version and the image data under ``data_root`` (or ``download=True``). Only one ``generate`` may work on
-a zoo directory at a time.
+at the same path (``generate`` passes it as an absolute path); each node needs the same ``modelzoos``
+version and the image data under its data root (or ``download=True``). Only one run may work on a zoo
+directory at a time.
 
 Failures: each chunk has a fixed directory, and every file is written to a temporary name and renamed
 into place, so a task that dies (worker killed, node lost, out of memory) leaves its chunk resumable
@@ -24,31 +25,31 @@ no model is lost or duplicated. A chunk that still fails raises ``DistributedErr
 chunks are done; rerunning the same call then trains only what is missing.
 
 Bitwise reproducibility: a task trains with ``torch.set_num_threads(max(1, int(num_cpus_per_task)))``.
-CPU results depend on the thread count, so a Ray zoo equals a local ``generate`` bit for bit when both
-run with the same number of torch threads on the same kind of device.
+CPU results depend on the thread count, so a Ray zoo equals a local one bit for bit when both run with
+the same number of torch threads on the same kind of device.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import os
 import signal
 import socket
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from modelzoos.catalogue import ModelConfig
-from modelzoos.data import DataRecipe, ImageData, load_image_data
-from modelzoos.export import Run, ZooFileError, _check_or_write_zoo_json, _zoo_json, chunk_dir, finalize, train_chunk
+from modelzoos.export import Producer, ZooFileError, chunk_dir, write_chunk
 from modelzoos.training import NUMERICS_ENV
 
-__all__ = ["RETRYABLE", "DistributedError", "generate_ray"]
+__all__ = ["RETRYABLE", "DistributedError", "FaultInjection", "RayBackend"]
 
 # Application errors after which Ray reruns a chunk's task (a crashed worker is always rerun): a shared
 # filesystem hiccup, or a GPU shared with other tasks running out of memory.
@@ -119,17 +120,6 @@ def _ray_session(ray, address: str | None) -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1)
-def _worker_data(recipe: DataRecipe, data_root: str | None, download: bool) -> ImageData:
-    """The image data, loaded once per worker process (Ray reuses workers across tasks)."""
-    return load_image_data(recipe, data_root, download=download)
-
-
-def _describe_task(run: Run, data_root: str | None, download: bool, device: str) -> dict:
-    """The zoo.json contents of ``run`` (needs the data: its hash and split sizes)."""
-    return _zoo_json(run, _worker_data(run.zoo.data, data_root, download), device)
-
-
 @dataclass(frozen=True)
 class FaultInjection:
     """Test hook: SIGKILL the worker once a chunk has written epoch ``after_epoch``, ``kills`` times per chunk.
@@ -164,22 +154,22 @@ class _EpochHook:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _chunk_task(run: Run, root: str, chunk: list[ModelConfig], data_root: str | None, download: bool, device: str,
-                sha256: str, threads: int, fault: FaultInjection | None) -> int:
-    """Train one chunk into ``root`` (resuming from its state file); returns its first model id."""
+def _chunk_task(producer: Producer, root: str, chunk: list[ModelConfig], sha256: str, threads: int,
+                fault: FaultInjection | None) -> int:
+    """Write one chunk into ``root`` (resuming from its state file); returns its first model id."""
     torch.set_num_threads(threads)
-    data = _worker_data(run.zoo.data, data_root, download)
-    if data.sha256 != sha256:
+    here = producer.describe()["data"]["sha256"]
+    if here != sha256:
         raise ZooFileError(
-            f"the image data on this worker ({socket.gethostname()}) has sha256 {data.sha256}, the zoo in {root} "
-            f"was made from {sha256}: the nodes' data roots hold different files. Point data_root (--data-root) "
-            "at one copy on the shared filesystem")
-    train_chunk(run, Path(root), chunk, data, device, _EpochHook(chunk, fault))
+            f"the image data on this worker ({socket.gethostname()}) has sha256 {here}, the zoo in {root} "
+            f"was made from {sha256}: the nodes' data roots hold different files. Point the data root "
+            "(--data-root) at one copy on the shared filesystem")
+    write_chunk(Path(root), chunk, producer.run.epochs, partial(producer, chunk), _EpochHook(chunk, fault))
     return chunk[0].model_id
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Driver
+# The backend (driver side)
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -202,67 +192,74 @@ def _gpus_per_task(device: str, num_gpus_per_task: float | None) -> float:
     return gpus
 
 
-def generate_ray(run: Run, root: str | Path, data_root: str | Path | None = None, download: bool = False,
-                 device: str = "cpu", *, address: str | None = None, num_gpus_per_task: float | None = None,
-                 num_cpus_per_task: float = 1, max_retries: int = 3, progress: bool = True,
-                 _fault: FaultInjection | None = None) -> None:
-    """Train ``run`` into the zoo directory ``root`` with one Ray task per chunk, then write metadata.parquet.
+@dataclass
+class RayBackend:
+    """``export.Backend`` that writes every chunk in its own Ray task (module docstring).
 
     Args:
-        run: what to train (zoo, models, epochs, engine, chunk_size); one task per ``run.chunks()`` entry.
-        root: the zoo directory, on a filesystem every worker sees at the same path.
-        data_root, download: where the workers find the image data (see ``data.load_image_data``).
-        device: torch device of the training; "cuda" means the GPU Ray assigns to the task.
         address: Ray cluster "host:port" or "auto"; None: $RAY_ADDRESS if set, else a new local instance
             (shut down at the end). If this process already has a Ray connection, that one is used.
+        device: torch device of the training; "cuda" means the GPU Ray assigns to the task.
         num_gpus_per_task: GPUs reserved per task (fractions share a GPU); default 1 for "cuda*", else 0.
         num_cpus_per_task: CPUs reserved per task; also the task's torch thread count (at least 1).
         max_retries: reruns of a task whose worker died or which raised a ``RETRYABLE`` error.
-        progress: show a progress bar over chunks.
-
-    Resumable like ``generate``: rerunning after a failure trains only unfinished chunks, each from its
-    last written epoch. Raises ``DistributedError`` (Ray missing, cluster unreachable, chunks failing after
-    their retries), ``ZooFileError`` (the directory holds another run) or the data's errors.
+        fault: test hook (``FaultInjection``).
     """
-    ray = _import_ray()
-    gpus = _gpus_per_task(device, num_gpus_per_task)
-    if num_cpus_per_task < 0 or max_retries < 0:
-        raise ValueError(f"num_cpus_per_task and max_retries must be ≥ 0, got {num_cpus_per_task}, {max_retries}")
-    root = Path(root).resolve()  # workers have other working directories
-    data_root = None if data_root is None else str(Path(data_root).expanduser().resolve())
-    root.mkdir(parents=True, exist_ok=True)
-    with _ray_session(ray, address):
-        if gpus > ray.cluster_resources().get("GPU", 0):
-            warnings.warn(f"each task asks for {gpus} GPU(s) but the cluster has "
-                          f"{ray.cluster_resources().get('GPU', 0)} now; tasks wait until GPUs join", stacklevel=2)
+
+    address: str | None = None
+    device: str = "cpu"
+    num_gpus_per_task: float | None = None
+    num_cpus_per_task: float = 1
+    max_retries: int = 3
+    fault: FaultInjection | None = None
+    _runtime: dict = field(default_factory=dict, init=False, repr=False)
+    _sha256: str = field(default="", init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.gpus = _gpus_per_task(self.device, self.num_gpus_per_task)
+        if self.num_cpus_per_task < 0 or self.max_retries < 0:
+            raise ValueError(f"num_cpus_per_task and max_retries must be ≥ 0, got {self.num_cpus_per_task}, "
+                             f"{self.max_retries}")
+
+    def session(self) -> contextlib.AbstractContextManager:
+        return _ray_session(_import_ray(), self.address)
+
+    def describe(self, producer: Producer) -> dict:
+        ray = _import_ray()
+        if self.gpus > ray.cluster_resources().get("GPU", 0):
+            warnings.warn(f"each task asks for {self.gpus} GPU(s) but the cluster has "
+                          f"{ray.cluster_resources().get('GPU', 0)} now; tasks wait until GPUs join", stacklevel=3)
         # the driver's numeric switches (training.NUMERICS_ENV) hold on every worker, whatever its node's environment
         env = {var: os.environ[var] for var in NUMERICS_ENV.values() if var in os.environ}
-        runtime = {"runtime_env": {"env_vars": env}} if env else {}
-        describe = ray.remote(num_cpus=num_cpus_per_task, max_retries=max_retries, **runtime)(_describe_task)
+        self._runtime = {"runtime_env": {"env_vars": env}} if env else {}
+        task = ray.remote(num_cpus=self.num_cpus_per_task, max_retries=self.max_retries, **self._runtime)(
+            _describe_task)
         try:
-            info = ray.get(describe.remote(run, data_root, download, device))
+            info = ray.get(task.remote(producer))
         except ray.exceptions.RayTaskError as err:
             raise (err.cause if err.cause is not None else err) from None  # e.g. DataNotFoundError, as locally
         except ray.exceptions.RayError as err:
-            raise DistributedError(f"loading the image data on a worker failed: {_failure(ray, err)}") from err
-        _check_or_write_zoo_json(root, info)
-        if (root / "metadata.parquet").exists():
-            return
-        chunks = run.chunks()
-        slots = ray.cluster_resources().get("GPU" if gpus else "CPU", 0) // (gpus or num_cpus_per_task or 1)
-        if len(chunks) < slots:
-            warnings.warn(f"{len(chunks)} chunk(s) of {run.chunk_size} models for {slots:.0f} task slots: pass a "
-                          "smaller chunk_size (--chunk-size) to use the whole cluster", stacklevel=2)
-        todo = [c for c in chunks if not (chunk_dir(root, c) / "complete.json").exists()]
-        task = ray.remote(num_cpus=num_cpus_per_task, num_gpus=gpus, max_retries=max_retries,
-                          retry_exceptions=list(RETRYABLE), **runtime)(_chunk_task)
-        threads = max(1, int(num_cpus_per_task))
-        pending = {task.remote(run, str(root), c, data_root, download, device, info["data"]["sha256"], threads,
-                               _fault): c for c in todo}
+            raise DistributedError(f"describing the run on a worker (loading its data) failed: "
+                                   f"{_failure(ray, err)}") from err
+        self._sha256 = info["data"]["sha256"]  # what every chunk task checks its worker's data against
+        return info
+
+    def write(self, root: Path, producer: Producer, chunks: list[list[ModelConfig]], progress: bool) -> None:
+        ray = _import_ray()
+        run = producer.run
+        slots = ray.cluster_resources().get("GPU" if self.gpus else "CPU", 0) // (
+            self.gpus or self.num_cpus_per_task or 1)
+        if len(run.chunks()) < slots:
+            warnings.warn(f"{len(run.chunks())} chunk(s) of {run.chunk_size} models for {slots:.0f} task slots: "
+                          "pass a smaller chunk_size (--chunk-size) to use the whole cluster", stacklevel=3)
+        task = ray.remote(num_cpus=self.num_cpus_per_task, num_gpus=self.gpus, max_retries=self.max_retries,
+                          retry_exceptions=list(RETRYABLE), **self._runtime)(_chunk_task)
+        threads = max(1, int(self.num_cpus_per_task))
+        pending = {task.remote(producer, str(root), c, self._sha256, threads, self.fault): c for c in chunks}
         failed: list[tuple[list[ModelConfig], Exception]] = []
-        desc = f"{run.zoo.name} ({run.engine}, ray)"
-        with tqdm(total=len(chunks), initial=len(chunks) - len(todo), desc=desc, unit="chunk",
-                  disable=not progress) as bar:
+        total = len(run.chunks())
+        with tqdm(total=total, initial=total - len(chunks), desc=f"{run.zoo.name} ({run.engine}, ray)",
+                  unit="chunk", disable=not progress) as bar:
             try:
                 while pending:
                     (ref,), _ = ray.wait(list(pending), num_returns=1)
@@ -279,8 +276,11 @@ def generate_ray(run: Run, root: str | Path, data_root: str | Path | None = None
         if failed:
             lines = "\n".join(f"  {chunk_dir(root, c).name}: {_failure(ray, e)}" for c, e in failed)
             raise DistributedError(
-                f"{len(failed)} of {len(todo)} chunk task(s) failed (with up to {max_retries} retries each):\n"
-                f"{lines}\nEvery other chunk and every epoch written "
-                f"so far is kept in {root}. Fix the cause and rerun the same command: it resumes each unfinished "
-                "chunk from its state file") from failed[0][1]
-        finalize(root, run)
+                f"{len(failed)} of {len(chunks)} chunk task(s) failed (with up to {self.max_retries} retries each):"
+                f"\n{lines}\nEvery other chunk and every epoch written so far is kept in {root}. Fix the cause and "
+                "rerun the same command: it resumes each unfinished chunk from its state file") from failed[0][1]
+
+
+def _describe_task(producer: Producer) -> dict:
+    return producer.describe()
+

@@ -1,50 +1,56 @@
-"""The zoo directory: writing it (``generate``, resumable) and reading it (``ZooDir``). Format: docs/format.md.
+"""The zoo directory: its format, the one writer every producer uses, and the reader ``ZooDir``.
 
-```
-<zoo dir>/
-  zoo.json                       spec, layout, data split, run parameters, versions
-  metadata.parquet               one row per model state (written last: its presence means "complete")
-  weights/models_<a>-<b>/        one chunk of models trained together (model ids a..b)
-      epoch_<e>.safetensors      tensor "weights" float32 [models in chunk, D]; metrics in the metadata
-      state.safetensors          training state after the last written epoch (removed when complete)
-      complete.json              written when the chunk has all its epochs
-```
-Every file is written to a temporary name in the same directory and renamed into place, so no
-half-written file is ever visible under its final name. A killed run continues from the last
-``state.safetensors`` of each chunk; epochs are deterministic, so the finished zoo is identical to an
-uninterrupted run.
+Format (docs/format.md)::
+
+    <zoo dir>/
+      zoo.json                       spec, layout, data split, run parameters, versions
+      metadata.parquet               one row per model state (written last: its presence means "complete")
+      weights/models_<a>-<b>/        one chunk of models written together (model ids a..b)
+          epoch_<e>.safetensors      tensor "weights" float32 [models in chunk, D]; metrics in the metadata
+          state.safetensors          resumable state after the last written epoch (removed when complete)
+          complete.json              written when the chunk has all its epochs
+
+Writing: a ``Producer`` (trained zoos: ``modelzoos.generate``; sparsified twins: ``modelzoos.twins``) says
+what its zoo.json holds (``describe``) and yields the ``EpochResult`` of every epoch of a chunk of models
+(``producer(chunk, resume)``). ``produce`` is the one orchestration: ``claim`` the directory (write zoo.json,
+or check it is this run), write every ``pending`` chunk through ``write_chunk`` (resuming from its state
+file), then ``finalize`` (metadata.parquet). A ``Backend`` decides where chunks are written: here
+(``LocalBackend``) or on a Ray cluster (``modelzoos.distributed.RayBackend``).
+
+Every file is written through ``modelzoos.files`` (temporary name, then rename), so no half-written file is
+ever visible under its final name. A killed run continues from the last ``state.safetensors`` of each
+chunk; epochs are deterministic, so the finished zoo is identical to an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import platform
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from modelzoos.architectures import Layout
 from modelzoos.catalogue import ModelConfig, Zoo
-from modelzoos.data import ImageData, load_image_data
-from modelzoos.population import train_population
-from modelzoos.training import LEGACY_NUMERICS, METRICS, EpochResult, numerics, train_reference_chunk
+from modelzoos.data import ImageData
+from modelzoos.files import atomic_write, sweep_temporaries, write_json
+from modelzoos.training import LEGACY_NUMERICS, METRICS, NUMERICS_ENV, EpochResult, Resume, numerics
 
 FORMAT_VERSION = 1
-# Engine name → trainer of one chunk of models: (zoo, configs, data, device, resume, stop) → EpochResults.
-ENGINES = {"population": train_population, "reference": train_reference_chunk}
 HYPERPARAMETERS = ("seed", "init", "activation", "optimizer", "lr", "weight_decay", "dropout", "batch_size",
                    "epochs", "schedule")
 
@@ -69,6 +75,9 @@ METADATA_SCHEMA = pa.schema([
     ("weights_file", pa.string()),  # path relative to the zoo directory
     ("weights_row", pa.int64()),  # row of that file's "weights" tensor
 ])
+# zoo.json keys every producer writes; any other top-level key is a producer's own section (e.g. "twins")
+STANDARD_KEYS = ("format_version", "run", "layout", "data", "versions", "device", "numerics")
+LOCAL_KEYS = ("source_path",)  # machine-local entries of a section: not part of a run's identity
 
 
 class ZooFileError(RuntimeError):
@@ -76,43 +85,16 @@ class ZooFileError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Atomic writes
+# Files
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _sweep_temporaries(directory: Path) -> None:
-    """Remove temporary files that a killed writer left in ``directory`` (never visible under a final name)."""
-    for tmp in directory.glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-
-
-def _atomic(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` and rename the result onto ``path`` (same directory, fsynced)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj) -> None:
-    _atomic(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
-
-
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    _atomic(path, lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, str(p), metadata))
+    atomic_write(path, lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, str(p), metadata))
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """All tensors and the metadata of a safetensors file; a damaged file raises ZooFileError naming it."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -121,17 +103,17 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         chunk = path.parent
         raise ZooFileError(
             f"{path} is corrupt or truncated ({err}). Fix: delete the chunk directory {chunk} and run the "
-            "same `modelzoos generate` command again; only that chunk is retrained.") from err
+            "same command again; only that chunk is redone.") from err
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Generation
+# What a directory holds
 # ---------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Run:
-    """What a zoo directory holds: which zoo, how many models, how many epochs, which engine."""
+    """What a zoo directory holds: which zoo, how many models, how many epochs, which engine, chunked how."""
 
     zoo: Zoo
     models: int
@@ -147,93 +129,129 @@ class Run:
         return [configs[i : i + self.chunk_size] for i in range(0, len(configs), self.chunk_size)]
 
     def identity(self) -> dict:
-        """The run as plain JSON data (as stored in zoo.json, so the two compare equal)."""
-        return json.loads(json.dumps({"zoo": self.zoo.to_dict(), "models": self.models, "epochs": self.epochs,
-                                      "engine": self.engine, "chunk_size": self.chunk_size}))
+        """The run as plain JSON data (as stored in zoo.json)."""
+        return {"zoo": self.zoo.to_dict(), "models": self.models, "epochs": self.epochs, "engine": self.engine,
+                "chunk_size": self.chunk_size}
 
 
-def chunk_dir(root: Path, chunk: list[ModelConfig]) -> Path:
-    return root / "weights" / f"models_{chunk[0].model_id:06d}-{chunk[-1].model_id:06d}"
-
-
-def _zoo_json(run: Run, data: ImageData, device: str) -> dict:
+def describe(run: Run, data: ImageData, device: str, **sections: dict) -> dict:
+    """The zoo.json of ``run`` trained on ``data`` on ``device``; ``sections`` are a producer's own records."""
     split = {"train": data.train.labels.numel(), "val": 0 if data.val is None else data.val.labels.numel(),
              "test": data.test.labels.numel()}
     return {
         "format_version": FORMAT_VERSION,
         "run": run.identity(),
         "layout": run.zoo.layout.to_json(),
-        "data": {"recipe": run.zoo.to_dict()["data"], "sizes": split, "sha256": data.sha256,
+        "data": {"recipe": run.zoo.data.to_dict(), "sizes": split, "sha256": data.sha256,
                  "num_classes": data.num_classes},
         "versions": {"modelzoos": version("modelzoos"), "torch": torch.__version__,
                      "python": platform.python_version()},
         "device": device,
         "numerics": numerics(device),
+        **sections,
     }
 
 
-def _check_or_write_zoo_json(root: Path, info: dict) -> None:
+def identity(info: dict) -> dict:
+    """What makes two zoo.json files the same run: ``run``, the image data's hash and every producer section
+    (without machine-local paths). Versions, device and numerics are not part of it."""
+    own = {k: v for k, v in info.items() if k not in STANDARD_KEYS}
+    return {"run": info.get("run"), "data": info.get("data", {}).get("sha256"),
+            **{k: {f: x for f, x in v.items() if f not in LOCAL_KEYS} if isinstance(v, dict) else v
+               for k, v in own.items()}}
+
+
+def section_record(info: dict, section: str) -> dict:
+    """A producer section of a zoo.json without machine-local entries ({} when the zoo has none)."""
+    return identity(info).get(section) or {}
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted paths of the entries that differ between two JSON objects."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def claim(root: Path, info: dict) -> bool:
+    """Write ``root``/zoo.json, or check that the one there describes this run; True when the zoo is finished.
+
+    A directory of another run (other ``identity``, or other numerics while unfinished) raises ZooFileError
+    naming the fields that differ.
+    """
     path = root / "zoo.json"
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ZooFileError(f"{path} is not valid JSON ({err}); delete the directory {root} to start over") from err
-        old_numerics = LEGACY_NUMERICS | old.get("numerics", {})  # switches added later were off before
-        finished = (root / "metadata.parquet").exists()  # nothing left to train: the numerics do not matter
-        if (old.get("run") != info["run"] or old.get("data", {}).get("sha256") != info["data"]["sha256"]
-                or twin_record(old) != twin_record(info) or (old_numerics != info["numerics"] and not finished)):
-            raise ZooFileError(
-                f"{root} already holds a different zoo run ({old.get('run', {}).get('zoo', {}).get('name')}, "
-                f"{old.get('run', {}).get('models')} models, {old.get('run', {}).get('epochs')} epochs, engine "
-                f"{old.get('run', {}).get('engine')}, or other image data, twin settings or numerics {old_numerics}); "
-                "choose another --out or delete it")
-        return
-    write_json(path, info)
+    info = json.loads(json.dumps(info))  # as stored (tuples become lists), so that it compares with the file
+    if not path.exists():
+        write_json(path, info)
+        return False
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ZooFileError(f"{path} is not valid JSON ({err}); delete the directory {root} to start over") from err
+    finished = (root / "metadata.parquet").exists()  # nothing left to train: the numerics do not matter
+    old_numerics = LEGACY_NUMERICS | old.get("numerics", {})  # switches added later were off before
+    differ = _differences(identity(old), identity(info))
+    if not finished:  # a switch that differs, with the environment variable that sets it and both values
+        differ += [f"numerics.{k} (the run has {NUMERICS_ENV[k]}={int(old_numerics[k])}, this process "
+                   f"{int(info['numerics'][k])}: set it to resume)"
+                   for k in _differences(old_numerics, info["numerics"])]
+    if differ:
+        raise ZooFileError(
+            f"{root} already holds a different zoo run ({old.get('run', {}).get('zoo', {}).get('name')}, "
+            f"{old.get('run', {}).get('models')} models, {old.get('run', {}).get('epochs')} epochs); these differ: "
+            f"{', '.join(differ[:8])}{' …' if len(differ) > 8 else ''}. Choose another --out or delete it")
+    return finished
 
 
-def twin_record(info: dict) -> dict:
-    """The ``twins`` record of a zoo.json (``modelzoos.twins``) without the machine-local ``source_path``:
-    what identifies a twin run ({} for a trained zoo)."""
-    return {k: v for k, v in info.get("twins", {}).items() if k != "source_path"}
+def chunk_dir(root: Path, chunk: list[ModelConfig]) -> Path:
+    return root / "weights" / f"models_{chunk[0].model_id:06d}-{chunk[-1].model_id:06d}"
 
 
-def _epoch_path(cdir: Path, epoch: int) -> Path:
+def epoch_path(cdir: Path, epoch: int) -> Path:
     return cdir / f"epoch_{epoch:03d}.safetensors"
+
+
+def pending(root: Path, run: Run) -> list[list[ModelConfig]]:
+    """The chunks of ``run`` without ``complete.json``."""
+    return [c for c in run.chunks() if not (chunk_dir(root, c) / "complete.json").exists()]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing chunks
+# ---------------------------------------------------------------------------------------------------------
 
 
 def _save_epoch(cdir: Path, chunk: list[ModelConfig], result: EpochResult) -> None:
     """The epoch's file (``result.tensors()`` and the metrics), then the state to resume from after it."""
     meta = {"model_ids": json.dumps([c.model_id for c in chunk]), "epoch": str(result.epoch),
             "metrics": json.dumps(result.metrics)}
-    write_safetensors(_epoch_path(cdir, result.epoch), result.tensors(), meta)
+    write_safetensors(epoch_path(cdir, result.epoch), result.tensors(), meta)
     write_safetensors(cdir / "state.safetensors", result.state, {"epoch": str(result.epoch)})
 
 
-def _resume_point(cdir: Path) -> tuple[int, dict[str, torch.Tensor]] | None:
+def _resume_point(cdir: Path) -> Resume | None:
     path = cdir / "state.safetensors"
     if not path.exists():
         return None
     state, meta = read_safetensors(path)
     epoch = int(meta["epoch"])
     for e in range(epoch + 1):
-        if not _epoch_path(cdir, e).exists():
-            raise ZooFileError(f"{_epoch_path(cdir, e)} is missing although {path} says epoch {epoch} is done. "
+        if not epoch_path(cdir, e).exists():
+            raise ZooFileError(f"{epoch_path(cdir, e)} is missing although {path} says epoch {epoch} is done. "
                                f"Fix: delete the chunk directory {cdir} and rerun the same command.")
     return epoch, state
 
 
-def train_chunk(run: Run, root: Path, chunk: list[ModelConfig], data: ImageData, device: str,
-                bar: tqdm | None = None) -> None:
-    """Train one chunk of models into its directory, resuming from its state file if there is one."""
-    train = ENGINES[run.engine]
-    write_chunk(root, chunk, run.epochs, lambda resume: train(run.zoo, chunk, data, device, resume=resume,
-                                                              stop=run.epochs), bar)
+ChunkTrainer = Callable[[list[ModelConfig], Resume | None], Iterable[EpochResult]]
 
 
-def write_chunk(root: Path, chunk: list[ModelConfig], epochs: int,
-                train: Callable[[tuple[int, dict[str, torch.Tensor]] | None], Iterable[EpochResult]],
-                bar: tqdm | None = None) -> None:
+def write_chunk(root: Path, chunk: list[ModelConfig], epochs: int, train: Callable[[Resume | None],
+                Iterable[EpochResult]], bar: tqdm | None = None) -> None:
     """Save the epochs that ``train(resume)`` yields into the chunk's directory; ``resume`` is read from its
     state file (None: from scratch). A writer thread saves epoch e while epoch e + 1 trains; ``bar`` advances
     once an epoch's files are written. A crash loses at most the epochs not yet saved."""
@@ -241,65 +259,25 @@ def write_chunk(root: Path, chunk: list[ModelConfig], epochs: int,
     if (cdir / "complete.json").exists():
         return
     if cdir.exists():
-        _sweep_temporaries(cdir)
+        sweep_temporaries(cdir)
     resume = _resume_point(cdir)
     if bar is not None and resume is not None:
         bar.update(len(chunk) * (resume[0] + 1))
 
-    def wait(pending: Future | None) -> None:
-        if pending is not None:
-            pending.result()
+    def wait(future: Future | None) -> None:
+        if future is not None:
+            future.result()
             if bar is not None:
                 bar.update(len(chunk))
 
     with ThreadPoolExecutor(max_workers=1) as writer:
-        pending = None
+        saving = None
         for result in train(resume):
-            wait(pending)  # one save in flight: bounded memory, files in epoch order
-            pending = writer.submit(_save_epoch, cdir, chunk, result)
-        wait(pending)
+            wait(saving)  # one save in flight: bounded memory, files in epoch order
+            saving = writer.submit(_save_epoch, cdir, chunk, result)
+        wait(saving)
     write_json(cdir / "complete.json", {"models": [c.model_id for c in chunk], "epochs": epochs})
     (cdir / "state.safetensors").unlink(missing_ok=True)
-
-
-def generate(zoo: Zoo, out: str | Path, *, models: int | None = None, epochs: int | None = None,
-             engine: str = "population", device: str = "cpu", data_root: str | Path | None = None,
-             download: bool = False, chunk_size: int | None = None, progress: bool = True,
-             backend: str = "local", ray_address: str | None = None) -> ZooDir:
-    """Train (the first ``models`` models of) ``zoo`` for ``epochs`` epochs into the directory ``out``.
-
-    Resumable: rerunning the same call after a crash continues where it stopped. ``backend="ray"`` trains
-    one Ray task per chunk on the cluster at ``ray_address`` (None: a local Ray instance); ``out`` must then
-    be on a filesystem shared by all nodes (``modelzoos.distributed``).
-    """
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
-    if backend not in ("local", "ray"):
-        raise ValueError(f"unknown backend {backend!r}; valid: local, ray")
-    models = zoo.num_models if models is None else models
-    epochs = zoo.epochs if epochs is None else epochs
-    if not 1 <= models <= zoo.num_models:
-        raise ValueError(f"--models must be in 1..{zoo.num_models} for {zoo.name}, got {models}")
-    if not 0 <= epochs <= zoo.epochs:
-        raise ValueError(f"--epochs must be in 0..{zoo.epochs} for {zoo.name}, got {epochs}")
-    chunk_size = chunk_size or (1 if engine == "reference" else models)
-    run = Run(zoo, models, epochs, engine, chunk_size)
-    root = Path(out)
-    if backend == "ray":
-        from modelzoos.distributed import generate_ray
-
-        generate_ray(run, root, data_root, download, device, address=ray_address, progress=progress)
-        return ZooDir(root)
-    data = load_image_data(zoo.data, data_root, download=download)
-    root.mkdir(parents=True, exist_ok=True)
-    _check_or_write_zoo_json(root, _zoo_json(run, data, device))
-    if not (root / "metadata.parquet").exists():
-        total = models * (epochs + 1)
-        with tqdm(total=total, desc=f"{zoo.name} ({engine})", unit="state", disable=not progress) as bar:
-            for chunk in run.chunks():
-                train_chunk(run, root, chunk, data, device, bar)
-        finalize(root, run)
-    return ZooDir(root)
 
 
 def finalize(root: Path, run: Run, schema: pa.Schema = METADATA_SCHEMA,
@@ -309,15 +287,15 @@ def finalize(root: Path, run: Run, schema: pa.Schema = METADATA_SCHEMA,
     ``schema``: METADATA_SCHEMA, or it plus per-state metric columns that the epoch files' metrics hold
     (twins: ``sparsity``); ``extra_metadata`` joins the Parquet schema metadata.
     """
-    _sweep_temporaries(root)
+    sweep_temporaries(root)
     extra_columns = [f.name for f in schema if f.name not in METADATA_SCHEMA.names]
     rows = []
     for chunk in run.chunks():
         cdir = chunk_dir(root, chunk)
         if not (cdir / "complete.json").exists():
-            raise ZooFileError(f"chunk {cdir} is not complete; rerun the same `modelzoos generate` command")
+            raise ZooFileError(f"chunk {cdir} is not complete; rerun the same command")
         for epoch in range(run.epochs + 1):
-            path = _epoch_path(cdir, epoch)
+            path = epoch_path(cdir, epoch)
             tensors, meta = read_safetensors(path)
             weights = tensors["weights"]
             metrics = json.loads(meta["metrics"])
@@ -335,7 +313,72 @@ def finalize(root: Path, run: Run, schema: pa.Schema = METADATA_SCHEMA,
     spec = json.dumps(run.zoo.to_dict())
     table = table.replace_schema_metadata({"modelzoos.zoo": spec, "modelzoos.format_version": str(FORMAT_VERSION),
                                            **(extra_metadata or {})})
-    _atomic(root / "metadata.parquet", lambda p: pq.write_table(table, p, compression="zstd"))
+    atomic_write(root / "metadata.parquet", lambda p: pq.write_table(table, p, compression="zstd"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Producers and backends: the one orchestration
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Producer(Protocol):
+    """One kind of zoo directory (module docstring). Must be picklable to run on a Ray backend."""
+
+    run: Run
+    schema: pa.Schema  # of metadata.parquet: METADATA_SCHEMA plus the producer's per-state metric columns
+    sections: tuple[str, ...]  # zoo.json sections mirrored into metadata.parquet's metadata as modelzoos.<key>
+
+    def describe(self) -> dict:
+        """The zoo.json of this run (``describe``)."""
+
+    def __call__(self, chunk: list[ModelConfig], resume: Resume | None) -> Iterable[EpochResult]:
+        """The EpochResults of the chunk's epochs after ``resume`` (all from epoch 0 without it)."""
+
+
+class Backend(Protocol):
+    """Where a producer's chunks are written (``LocalBackend``; ``distributed.RayBackend``)."""
+
+    def session(self) -> contextlib.AbstractContextManager: ...
+
+    def describe(self, producer: Producer) -> dict: ...
+
+    def write(self, root: Path, producer: Producer, chunks: list[list[ModelConfig]], progress: bool) -> None: ...
+
+
+class LocalBackend:
+    """Chunks written one after another in this process, with one progress bar over model states."""
+
+    def session(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def describe(self, producer: Producer) -> dict:
+        return producer.describe()
+
+    def write(self, root: Path, producer: Producer, chunks: list[list[ModelConfig]], progress: bool) -> None:
+        run = producer.run
+        states = run.epochs + 1
+        done = (run.models - sum(map(len, chunks))) * states
+        with tqdm(total=run.models * states, initial=done, desc=f"{run.zoo.name} ({run.engine})", unit="state",
+                  disable=not progress) as bar:
+            for chunk in chunks:
+                write_chunk(root, chunk, run.epochs, partial(producer, chunk), bar)
+
+
+def produce(root: str | Path, producer: Producer, backend: Backend | None = None, progress: bool = True) -> ZooDir:
+    """Write ``producer``'s zoo into the directory ``root`` (resumable) and return it: claim, write every
+    pending chunk, finalize. A finished directory of the same run is returned as it is."""
+    backend = backend or LocalBackend()
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ZooFileError(f"{root} is a file, not a zoo directory; choose another --out")
+    with backend.session():
+        info = backend.describe(producer)
+        root.mkdir(parents=True, exist_ok=True)
+        if not claim(root, info):
+            backend.write(root, producer, pending(root, producer.run), progress)
+            finalize(root, producer.run, producer.schema,
+                     {f"modelzoos.{k}": json.dumps(info[k]) for k in producer.sections})
+    return ZooDir(root)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -352,12 +395,12 @@ class ZooDir:
         if not (self.path / "zoo.json").exists():
             raise ZooFileError(f"{self.path} is not a zoo directory (no zoo.json); make one with `modelzoos generate`")
         if not meta.exists():
-            raise ZooFileError(f"{self.path} is incomplete (no metadata.parquet); rerun its `modelzoos generate`")
+            raise ZooFileError(f"{self.path} is incomplete (no metadata.parquet); rerun the command that wrote it")
         self.info = json.loads((self.path / "zoo.json").read_text())
         try:
             self.metadata: pd.DataFrame = pq.read_table(meta).to_pandas()
         except (pa.ArrowInvalid, OSError) as err:
-            raise ZooFileError(f"{meta} is corrupt ({err}); delete it and rerun `modelzoos generate`") from err
+            raise ZooFileError(f"{meta} is corrupt ({err}); delete it and rerun the command that wrote it") from err
         self.layout = Layout.from_json(self.info["layout"])
         self.zoo = Zoo.from_dict(self.info["run"]["zoo"], str(self.path / "zoo.json"))
 
@@ -367,17 +410,43 @@ class ZooDir:
     def __repr__(self) -> str:
         return f"ZooDir({self.path}, zoo={self.zoo.name}, states={len(self)})"
 
+    def _file_rows(self, file: str, rows: list[int], tensor: str, length: int) -> np.ndarray:
+        """float32 [len(rows), length]: rows ``rows`` of the [models, length] tensor ``tensor`` of the epoch file
+        ``file`` (relative path); only those rows' bytes are read."""
+        path = self.path / file
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                vectors = f.get_slice(tensor)
+                shape = vectors.get_shape()
+                if len(shape) != 2 or shape[1] != length:
+                    raise ZooFileError(f"{path} holds a {tensor} tensor of shape {shape}, the layout says "
+                                       f"[models, {length}]: the file belongs to another zoo")
+                out = np.empty((len(rows), shape[1]), dtype=np.float32)
+                for i, r in enumerate(rows):
+                    if not 0 <= r < shape[0]:
+                        raise ZooFileError(f"{path} has {shape[0]} rows, metadata.parquet points at row {r}")
+                    out[i] = vectors[r : r + 1][0]
+                return out
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ZooFileError(f"{path} is missing, corrupt or truncated ({err}). Fix: delete the chunk directory "
+                               f"{path.parent} and rerun the command that wrote the zoo") from err
+
+    def read_rows(self, rows: np.ndarray, out: np.ndarray, tensor: str = "weights") -> None:
+        """Fill ``out[i]`` with the ``tensor`` vector (the weights, or twins' ``log_sigma2``) of metadata row
+        ``rows[i]``, reading each file once and only the requested rows of it."""
+        frame = self.metadata.iloc[np.asarray(rows)]
+        positions = np.arange(len(frame))
+        for file, group in pd.Series(positions).groupby(frame["weights_file"].to_numpy(), sort=False):
+            at = group.to_numpy()
+            out[at] = self._file_rows(file, frame["weights_row"].to_numpy()[at].tolist(), tensor, out.shape[1])
+
     def weights(self, rows: Iterable[int] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
-        """(metadata row index, float32 [D]) for each requested row, reading every weights file once."""
+        """(metadata row index, float32 [D]) for each requested row (default all), one file at a time."""
         frame = self.metadata if rows is None else self.metadata.iloc[list(rows)]
         for file, group in frame.groupby("weights_file", sort=False):
-            tensors, _ = read_safetensors(self.path / file)
-            w = tensors["weights"]
-            if w.shape[-1] != self.layout.size:
-                raise ZooFileError(f"{self.path / file} holds vectors of length {w.shape[-1]}, the layout says "
-                                   f"{self.layout.size}: the file belongs to another zoo")
-            for idx, r in zip(group.index, group["weights_row"], strict=True):
-                yield int(idx), w[int(r)]
+            vectors = self._file_rows(file, group["weights_row"].astype(int).tolist(), "weights", self.layout.size)
+            for idx, vector in zip(group.index, vectors, strict=True):
+                yield int(idx), torch.from_numpy(vector)
 
     def state(self, model_id: int, epoch: int) -> dict[str, torch.Tensor]:
         """The state dict of one model state."""

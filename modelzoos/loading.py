@@ -4,7 +4,7 @@ A config of the dataset repository (a local folder laid out like the Hub reposit
 read with plain ``datasets``; this module adds what ``datasets`` cannot know:
 
 - ``config_info(repo, config)``: ``data/<config>/zoo.json`` as a typed ``ConfigInfo`` (layout, zoo spec,
-  image data recipe, model splits);
+  image data recipe, model splits; ``modelzoos.repository``, re-exported here for convenience);
 - ``build_module(row, info)`` / ``evaluate_row(row, info)``: the row's torch module, and its test loss and
   accuracy recomputed on the zoo's image data (equal to the recorded ``test_loss`` / ``test_acc``);
 - ``WeightsDataset``: a map-style torch ``Dataset`` over a ``datasets.Dataset`` that reads whole batches
@@ -40,7 +40,6 @@ import hashlib
 import json
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +51,12 @@ from datasets.distributed import split_dataset_by_node
 from torch import nn
 from torch.utils.data import DataLoader
 
-from modelzoos.architectures import Layout, build_model
-from modelzoos.catalogue import SpecError, Zoo
+from modelzoos.architectures import build_model
 from modelzoos.data import ImageData, load_image_data
+from modelzoos.repository import WEIGHTS, ConfigInfo, config_info
 from modelzoos.training import evaluate
 
 __all__ = [
-    "FORMAT_VERSION",
     "WEIGHTS",
     "ConfigInfo",
     "WeightsDataset",
@@ -70,136 +68,10 @@ __all__ = [
     "load_zoo",
 ]
 
-FORMAT_VERSION = 1  # of data/<config>/zoo.json
-WEIGHTS = "weights"  # the column of flat float32 weight vectors [D]
-_HUB_PREFIX = "hf://datasets/"
 _OUTPUTS = ("torch", "numpy")
 
 Transform = Callable[[np.ndarray, np.random.Generator], Any]
 AnyDataset = datasets.Dataset | datasets.DatasetDict | datasets.IterableDataset | datasets.IterableDatasetDict
-
-
-# ---------------------------------------------------------------------------------------------------------
-# zoo.json of a config
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ConfigInfo:
-    """What ``data/<config>/zoo.json`` says about one config of a dataset repository.
-
-    ``layout`` places every tensor in the flat ``weights`` vector; ``zoo`` is the resolved spec (architecture,
-    data recipe, training protocol, grid); ``data`` the source zoo's image data record (``recipe``, ``sizes``,
-    ``sha256``, ``num_classes``); ``splits`` the model ids of each split; ``num_rows`` the rows per split;
-    ``epochs`` the stored epochs; ``source`` the file it was read from.
-    """
-
-    config: str
-    layout: Layout
-    zoo: Zoo
-    data: dict
-    splits: dict[str, list[int]]
-    num_rows: dict[str, int]
-    epochs: list[int]
-    num_models: int
-    source: str
-
-    def split_of(self, model_id: int) -> str:
-        """The split holding ``model_id`` (all its states are in that split)."""
-        for split, ids in self.splits.items():
-            if model_id in ids:
-                return split
-        raise KeyError(f"model {model_id} is in no split of config {self.config!r} ({self.num_models} models)")
-
-
-def _local_root(repo: str | Path) -> Path | None:
-    """The folder of a local repository, None for a Hub id (an existing folder wins, as in load_dataset)."""
-    if isinstance(repo, Path) or Path(repo).is_dir():
-        root = Path(repo)
-        if not root.is_dir():
-            raise FileNotFoundError(f"dataset repository folder {root} does not exist")
-        return root
-    return None
-
-
-def _fetch_zoo_json(repo: str | Path, config: str, revision: str | None) -> Path:
-    filename = f"data/{config}/zoo.json"
-    root = _local_root(repo)
-    if root is not None:
-        path = root / filename
-        if not path.is_file():
-            found = sorted(p.parent.name for p in root.glob("data/*/zoo.json"))
-            raise FileNotFoundError(f"{path} does not exist: {config!r} is not a config of {root} "
-                                    f"(configs with a zoo.json: {', '.join(found) or 'none'})")
-        return path
-    import huggingface_hub
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    repo_id = str(repo).removeprefix(_HUB_PREFIX)
-    try:
-        return Path(huggingface_hub.hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision))
-    except HFValidationError as err:
-        raise FileNotFoundError(f"{repo!r} is neither an existing folder nor a Hub dataset id (ORG/NAME)") from err
-    except LocalEntryNotFoundError as err:
-        raise FileNotFoundError(f"{filename} of dataset {repo_id!r} is not in the local cache and the Hub cannot be "
-                                "reached (offline, or HF_HUB_OFFLINE=1); connect once to cache it") from err
-    except RepositoryNotFoundError as err:
-        raise FileNotFoundError(f"dataset repository {repo_id!r} not found on the Hub (nor a local folder of that "
-                                "name); check the id, or log in with `hf auth login` for a private one") from err
-    except RevisionNotFoundError as err:
-        raise FileNotFoundError(f"revision {revision!r} of dataset {repo_id!r} not found on the Hub") from err
-    except EntryNotFoundError as err:
-        raise FileNotFoundError(f"{filename} not found in dataset {repo_id!r} (revision {revision or 'main'}): "
-                                f"{config!r} is not a config of it, or it is not a modelzoos repository "
-                                "(`datasets.get_dataset_config_names` lists its configs)") from err
-
-
-def config_info(repo: str | Path, config: str, revision: str | None = None) -> ConfigInfo:
-    """Read ``data/<config>/zoo.json`` of a local repository folder or of a Hub dataset ``ORG/NAME``.
-
-    A local folder is used when ``repo`` is a ``Path`` or an existing directory (as ``load_dataset`` does);
-    otherwise ``repo`` is a Hub id (``hf://datasets/`` prefix allowed) and the file is fetched through
-    ``huggingface_hub.hf_hub_download`` (cached; works offline once cached).
-
-    Raises:
-        FileNotFoundError: the repository, revision or file does not exist (the message names it).
-        ValueError: the file is not valid JSON or not a zoo.json of format version 1 (the message names it).
-    """
-    path = _fetch_zoo_json(repo, config, revision)
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); rebuild the repository with `modelzoos build` "
-                         "or download it again") from err
-    if not isinstance(raw, dict) or raw.get("format_version") != FORMAT_VERSION:
-        got = raw.get("format_version") if isinstance(raw, dict) else type(raw).__name__
-        raise ValueError(f"{path}: format_version {got!r} is not {FORMAT_VERSION}; this modelzoos reads version "
-                         f"{FORMAT_VERSION} (upgrade modelzoos, or rebuild the repository)")
-    missing = [k for k in ("config", "zoo", "layout", "data", "splits") if k not in raw]
-    if missing:
-        raise ValueError(f"{path} lacks the key(s) {missing}; rebuild the repository with `modelzoos build`")
-    if raw["config"] != config:
-        raise ValueError(f"{path} describes config {raw['config']!r}, not {config!r}")
-    try:
-        zoo = Zoo.from_dict(raw["zoo"], f"{path} (zoo)")
-        layout = Layout.from_json(raw["layout"])
-    except (SpecError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: invalid zoo spec or layout: {err}") from err
-    if layout != zoo.layout:
-        raise ValueError(f"{path}: the layout ({layout.size} floats) is not the layout of the zoo's architecture "
-                         f"{zoo.architecture!r} ({zoo.layout.size} floats); the file is corrupt")
-    splits = {k: [int(i) for i in v] for k, v in raw["splits"].items()}
-    return ConfigInfo(
-        config=config, layout=layout, zoo=zoo, data=raw["data"], splits=splits,
-        num_rows={k: int(v) for k, v in raw.get("num_rows", {}).items()}, epochs=list(raw.get("epochs", [])),
-        num_models=int(raw.get("num_models", sum(map(len, splits.values())))), source=str(path),
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -9,14 +9,15 @@ Layout of activations: convolutions run as one grouped convolution over ``[B, M�
 model m), linear layers as one batched matmul over ``[M, B, F]``. The whole split lives on the device;
 val/test evaluation is batched over models with the first layer shared (one ungrouped convolution).
 
-On CUDA each group's training step is captured once as a CUDA graph and replayed (``_Steps``): 14× faster
-per step than eager launches for one model, 1.03× at 1,000 (BENCHMARKS.md, H100).
+``GroupSteps`` runs a group's training steps as a fixed sequence of device operations, captured once as a
+CUDA graph and replayed on CUDA; the sparsified twins (``modelzoos.twins``) train through it too, with their
+own forward, penalty and post-update masks.
 
-Numerics: float32 throughout, same formulas as ``torch.optim.Adam`` / ``SGD`` (coupled L2), so results
-agree with the reference engine to float rounding (tests: ≤ 1e-4 after one epoch). Activations are
-channels-last on CPU (1.6–2.4× faster there) and in PyTorch's layout on CUDA (1.7–3× faster there): the
-``numerics`` defaults, switchable with ``MODELZOOS_CHANNELS_LAST``; ``MODELZOOS_TF32=1`` opts into TF32 on
-GPUs (docs/protocol.md, "Numerics").
+Numerics: float32 throughout, the optimizers' math of ``modelzoos.optimizers`` (torch's formulas, coupled
+L2), so results agree with the reference engine to float rounding (tests: ≤ 1e-4 after one epoch).
+Activations are channels-last on CPU and in PyTorch's layout on CUDA (the ``training.numerics`` defaults,
+the faster layout measured on each, BENCHMARKS.md), switchable with ``MODELZOOS_CHANNELS_LAST``;
+``MODELZOOS_TF32=1`` opts into TF32 on GPUs (docs/protocol.md, "Numerics").
 """
 
 from __future__ import annotations
@@ -29,15 +30,17 @@ import torch
 import torch.nn.functional as F
 
 from modelzoos import randomness
-from modelzoos.architectures import ACTIVATIONS, ConvNet, Layout, build_model
+from modelzoos.architectures import ACTIVATIONS, LayerSpec, build_model, get_architecture
 from modelzoos.catalogue import ModelConfig, Zoo
 from modelzoos.data import ImageData, Split
-from modelzoos.training import METRICS, EpochResult, numerics
+from modelzoos.optimizers import OPTIMIZERS
+from modelzoos.training import METRICS, EpochResult, Resume, numerics, run_epochs
 
-# input floats (images × models) per batched eval forward: cache-sized on CPU (1.5× faster than 2**25);
-# on a GPU large enough to fill it (2**26: 85 images × 1,000 MNIST models, ≈ 2 GB of activations)
+# input floats (images × models) per batched eval forward: cache-sized on CPU, large enough to fill a GPU
+# (2**26: 85 images × 1,000 MNIST models, ≈ 2 GB of activations); each the faster measured (BENCHMARKS.md)
 EVAL_ELEMENTS = {"cpu": 2**20, "cuda": 2**26}
-BETAS, EPS, MOMENTUM = (0.9, 0.999), 1e-8, 0.9  # torch.optim defaults used by the protocol
+
+Params = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -46,8 +49,8 @@ class Group:
 
     index: list[int]  # positions in the chunk
     configs: list[ModelConfig]
-    params: dict[str, torch.Tensor]  # name → [M, *shape], requires grad
-    opt_state: dict[str, torch.Tensor]  # "<name>.exp_avg" / ".exp_avg_sq" / ".momentum_buffer" → [M, *shape]
+    params: Params  # name → [M, *shape], requires grad
+    opt_state: Params  # "<name>.<slot>" → [M, *shape] (the slots of optimizers.OPTIMIZERS)
     seeds: torch.Tensor  # int64 [M]
     lr: torch.Tensor  # float32 [M]
     wd: torch.Tensor  # float32 [M]
@@ -57,20 +60,50 @@ class Group:
     def m(self) -> int:
         return len(self.configs)
 
+    @property
+    def optimizer(self) -> str:
+        return self.configs[0].optimizer
+
+    @property
+    def activation(self) -> str:
+        return self.configs[0].activation
+
+    @property
+    def dropout(self) -> torch.Tensor | None:
+        """``p``, or None when no model of the group drops out (then no masks are drawn)."""
+        return self.p if bool((self.p > 0).any()) else None
+
+
+def dropout(h: torch.Tensor, seeds: torch.Tensor, p: torch.Tensor, stream: int, step: int | torch.Tensor,
+            m: int, b: int) -> torch.Tensor:
+    """Per-model inverted dropout of batched activations with the element indexing of
+    ``architectures.KeyedDropout`` for one model; ``h`` is [B, M·C, H, W] (conv) or [M, B, F] (linear)."""
+    if h.dim() == 4:  # [B, M·C, H, W]: per-model element index of [B, C, H, W]
+        c, hh, ww = h.shape[1] // m, h.shape[2], h.shape[3]
+        idx = torch.arange(b * c * hh * ww, device=h.device).reshape(b, 1, c, hh, ww)
+        u = randomness.uniform(seeds.view(1, m, 1, 1, 1), stream, step, idx)
+        pm = p.view(1, m, 1, 1, 1)
+        return (h.reshape(b, m, c, hh, ww) * (u >= pm) / (1 - pm)).reshape(h.shape)
+    idx = torch.arange(b * h.shape[2], device=h.device).reshape(1, b, -1)
+    u = randomness.uniform(seeds.view(m, 1, 1), stream, step, idx)
+    pm = p.view(m, 1, 1)
+    return h * (u >= pm) / (1 - pm)
+
 
 class PopulationCNN:
-    """Batched forward of M ``ConvNet`` models sharing one LayerSpec table and one activation."""
+    """Batched forward of M models of one LayerSpec table (``Architecture.layers``) and one activation."""
 
-    def __init__(self, template: ConvNet, activation: str, channels_last: bool = False) -> None:
-        self.specs = template.specs
+    def __init__(self, layers: tuple[LayerSpec, ...], activation: str, channels_last: bool = False) -> None:
+        self.specs = layers
         self.act = ACTIVATIONS[activation]()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
-    def forward(self, params: dict[str, torch.Tensor], x: torch.Tensor, seeds: torch.Tensor | None = None,
-                p: torch.Tensor | None = None, step: int = 0, shared_input: bool = False) -> torch.Tensor:
+    def forward(self, params: Params, x: torch.Tensor, seeds: torch.Tensor | None = None,
+                p: torch.Tensor | None = None, step: int | torch.Tensor = 0,
+                shared_input: bool = False) -> torch.Tensor:
         """Logits [M, B, classes] for inputs [M, B, C, H, W] (or [B, C, H, W] with ``shared_input``).
 
-        ``seeds``/``p`` given: training forward with each model's dropout masks for global ``step``.
+        ``seeds`` and ``p`` given: training forward with each model's dropout masks for global ``step``.
         """
         m = params[f"{self.specs[0].name}.weight"].shape[0]
         if shared_input:
@@ -94,75 +127,17 @@ class PopulationCNN:
                 h = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
             if spec.act:
                 h = self.act(h)
-            if spec.dropout and seeds is not None:
-                h = self._dropout(h, seeds, p, randomness.DROPOUT + i, step, m, b)
+            if spec.dropout and p is not None:
+                h = dropout(h, seeds, p, randomness.DROPOUT + i, step, m, b)
         return h
 
-    @staticmethod
-    def _dropout(h: torch.Tensor, seeds: torch.Tensor, p: torch.Tensor, stream: int, step: int, m: int,
-                 b: int) -> torch.Tensor:
-        """Per-model inverted dropout with the element indexing of ``KeyedDropout`` for one model."""
-        if h.dim() == 4:  # [B, M·C, H, W]: per-model element index of [B, C, H, W]
-            c, hh, ww = h.shape[1] // m, h.shape[2], h.shape[3]
-            idx = torch.arange(b * c * hh * ww, device=h.device).reshape(b, 1, c, hh, ww)
-            u = randomness.uniform(seeds.view(1, m, 1, 1, 1), stream, step, idx)
-            pm = p.view(1, m, 1, 1, 1)
-            return (h.reshape(b, m, c, hh, ww) * (u >= pm) / (1 - pm)).reshape(h.shape)
-        idx = torch.arange(b * h.shape[2], device=h.device).reshape(1, b, -1)
-        u = randomness.uniform(seeds.view(m, 1, 1), stream, step, idx)
-        pm = p.view(m, 1, 1)
-        return h * (u >= pm) / (1 - pm)
-
 
 # ---------------------------------------------------------------------------------------------------------
-# Optimisers: torch.optim.Adam / SGD math, with per-model lr and weight decay
+# Groups, metrics and the resumable state
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
-
-
-@torch.no_grad()
-def adam_step(g: Group, step: int | torch.Tensor) -> None:
-    """One Adam step (coupled L2) for every model; ``step`` counts from 1, as torch's state["step"].
-
-    The bias corrections are computed on the device in float64 (a device ``step`` keeps the step
-    graph-capturable), then used in float32 as torch's Adam uses its Python-float corrections.
-    """
-    b1, b2 = BETAS
-    t = torch.as_tensor(step, dtype=torch.float64, device=g.lr.device)
-    bc1 = 1 - torch.pow(b1, t)
-    bc2_sqrt = torch.sqrt(1 - torch.pow(b2, t)).float()
-    lr = g.lr / bc1.float()
-    for name, p in g.params.items():
-        grad = p.grad + _bcast(g.wd, p) * p
-        m_, v_ = g.opt_state[f"{name}.exp_avg"], g.opt_state[f"{name}.exp_avg_sq"]
-        m_.lerp_(grad, 1 - b1)
-        v_.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        denom = (v_.sqrt() / bc2_sqrt).add_(EPS)
-        p.sub_(_bcast(lr, p) * m_ / denom)
-        p.grad = None
-
-
-@torch.no_grad()
-def sgd_step(g: Group, step: int | torch.Tensor) -> None:
-    """One SGD step, momentum 0.9, no dampening (coupled L2). The buffer starts at zero, so the first step
-    sets it to the gradient exactly, as torch's does."""
-    for name, p in g.params.items():
-        grad = p.grad + _bcast(g.wd, p) * p
-        buf = g.opt_state[f"{name}.momentum_buffer"]
-        buf.mul_(MOMENTUM).add_(grad)
-        p.sub_(_bcast(g.lr, p) * buf)
-        p.grad = None
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------------------------
-
-
-def make_groups(configs: list[ModelConfig], params_of: Callable[[list[int]], dict[str, torch.Tensor]],
+def make_groups(configs: list[ModelConfig], params_of: Callable[[list[int]], Params],
                 device: torch.device) -> list[Group]:
     """The chunk's models grouped by (activation, optimizer type), in order of first appearance.
 
@@ -177,7 +152,7 @@ def make_groups(configs: list[ModelConfig], params_of: Callable[[list[int]], dic
     for (_, optimizer), index in keys.items():
         cs = [configs[i] for i in index]
         params = {k: v.requires_grad_() for k, v in params_of(index).items()}
-        slots = ("exp_avg", "exp_avg_sq") if optimizer == "adam" else ("momentum_buffer",)
+        slots = OPTIMIZERS[optimizer].slots
         opt_state = {f"{k}.{s}": torch.zeros_like(v, requires_grad=False) for k, v in params.items() for s in slots}
         t = lambda vals, dt=torch.float32: torch.tensor(vals, dtype=dt, device=device)  # noqa: E731
         groups.append(Group(index, cs, params, opt_state, t([c.seed for c in cs], torch.int64),
@@ -185,10 +160,10 @@ def make_groups(configs: list[ModelConfig], params_of: Callable[[list[int]], dic
     return groups
 
 
-def _groups(zoo: Zoo, configs: list[ModelConfig], device: torch.device) -> list[Group]:
+def initial_groups(zoo: Zoo, configs: list[ModelConfig], device: torch.device) -> list[Group]:
     """Groups of freshly initialised models, each built exactly as the reference engine builds it."""
 
-    def params_of(index: list[int]) -> dict[str, torch.Tensor]:
+    def params_of(index: list[int]) -> Params:
         states = [build_model(zoo.architecture, in_channels=zoo.in_channels, num_classes=zoo.num_classes,
                               activation=c.activation, dropout=c.dropout, init=c.init, seed=c.seed).state_dict()
                   for c in (configs[i] for i in index)]
@@ -197,7 +172,7 @@ def _groups(zoo: Zoo, configs: list[ModelConfig], device: torch.device) -> list[
     return make_groups(configs, params_of, device)
 
 
-def record_metrics(values: dict[str, list[float]], g: Group, net: PopulationCNN, params: dict[str, torch.Tensor],
+def record_metrics(values: dict[str, list[float]], g: Group, net: PopulationCNN, params: Params,
                    data: ImageData, device: torch.device, train: tuple[torch.Tensor, torch.Tensor] | None,
                    **extra: torch.Tensor) -> None:
     """Write one group's per-model metrics into ``values`` (column → one value per chunk model) at its positions.
@@ -207,17 +182,17 @@ def record_metrics(values: dict[str, list[float]], g: Group, net: PopulationCNN,
     ``extra``: further columns [M]. One device→host copy per column.
     """
     cols = dict(zip(("train_loss", "train_acc"), train if train is not None
-                    else _evaluate(net, params, data.train, device), strict=True))
+                    else evaluate(net, params, data.train, device), strict=True))
     if data.val is not None:
-        cols["val_loss"], cols["val_acc"] = _evaluate(net, params, data.val, device)
-    cols["test_loss"], cols["test_acc"] = _evaluate(net, params, data.test, device)
+        cols["val_loss"], cols["val_acc"] = evaluate(net, params, data.val, device)
+    cols["test_loss"], cols["test_acc"] = evaluate(net, params, data.test, device)
     for k, v in (cols | extra).items():
         for i, x in zip(g.index, v.tolist(), strict=True):
             values[k][i] = x
 
 
 @torch.no_grad()
-def _evaluate(net: PopulationCNN, params: dict[str, torch.Tensor], split: Split, device: torch.device
+def evaluate(net: PopulationCNN, params: Params, split: Split, device: torch.device
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-model (mean cross-entropy, accuracy), float64 [M] each, over a whole split in eval mode."""
     m = next(iter(params.values())).shape[0]
@@ -235,7 +210,9 @@ def _evaluate(net: PopulationCNN, params: dict[str, torch.Tensor], split: Split,
     return loss / n, correct.double() / n
 
 
-def _pack_state(groups: list[Group], step: int) -> dict[str, torch.Tensor]:
+def pack_groups(groups: list[Group], step: int) -> dict[str, torch.Tensor]:
+    """The resumable state of a chunk (CPU tensors): every group's parameters and optimizer state, and the
+    optimizer steps taken; ``unpack_groups`` restores it."""
     state = {"step": torch.tensor(step, dtype=torch.int64)}
     for gi, g in enumerate(groups):
         for k, v in g.params.items():
@@ -245,7 +222,8 @@ def _pack_state(groups: list[Group], step: int) -> dict[str, torch.Tensor]:
     return state
 
 
-def _unpack_state(state: dict[str, torch.Tensor], groups: list[Group]) -> int:
+def unpack_groups(state: dict[str, torch.Tensor], groups: list[Group]) -> int:
+    """Copy a ``pack_groups`` state into ``groups`` (in place); returns the optimizer steps taken."""
     with torch.no_grad():
         for gi, g in enumerate(groups):
             for k, v in g.params.items():
@@ -255,84 +233,56 @@ def _unpack_state(state: dict[str, torch.Tensor], groups: list[Group]) -> int:
     return int(state["step"])
 
 
-def train_population(zoo: Zoo, configs: list[ModelConfig], data: ImageData, device: str | torch.device = "cpu",
-                     resume: tuple[int, dict[str, torch.Tensor]] | None = None,
-                     stop: int | None = None, cuda_graphs: bool = True) -> Iterator[EpochResult]:
-    """Train a chunk of models of a CNN zoo together; yields epoch 0 and every epoch up to ``stop``.
-
-    ``cuda_graphs``: on CUDA, replay each group's training step as a captured graph (``_Steps``); the
-    results are those of eager execution (checked by ``benchmarks/gpu_check.py``).
-    """
-    if zoo.architecture not in ("cnn", "cnn_m"):
-        raise ValueError(f"the population engine trains the CNN zoos; use --engine reference for {zoo.architecture}")
-    if data.recipe.augment != "none" or zoo.schedule != "constant":
-        raise ValueError("the population engine supports zoos without augmentation and LR schedule")
-    device = torch.device(device)
-    layout: Layout = zoo.layout
-    groups = _groups(zoo, configs, device)
-    template = build_model(zoo.architecture, in_channels=zoo.in_channels, num_classes=zoo.num_classes)
-    channels_last = numerics(device)["channels_last"]
-    nets = [PopulationCNN(template, g.configs[0].activation, channels_last) for g in groups]
-    images, labels = data.train.images.to(device), data.train.labels.to(device)
-    epochs = stop if stop is not None else configs[0].epochs
-
-    def record(epoch: int, train_metrics: list[tuple[torch.Tensor, torch.Tensor]] | None, step: int) -> EpochResult:
-        values = {k: [math.nan] * len(configs) for k in METRICS}
-        weights = torch.empty(len(configs), layout.size)
-        for gi, (g, net) in enumerate(zip(groups, nets, strict=True)):
-            params = {k: v.detach() for k, v in g.params.items()}
-            record_metrics(values, g, net, params, data, device,
-                           train_metrics[gi] if train_metrics is not None else None)
-            weights[g.index] = layout.flatten({k: v.cpu() for k, v in params.items()})
-        return EpochResult(epoch, weights, values, _pack_state(groups, step))
-
-    if resume is None:
-        first, step = 1, 0
-        yield record(0, None, 0)
-    else:
-        first = resume[0] + 1
-        step = _unpack_state(resume[1], groups)
-
-    steppers = [_Steps(g, net, images, labels, configs[0].batch_size, step, cuda_graphs)
-                for g, net in zip(groups, nets, strict=True)]
-    for epoch in range(first, epochs + 1):
-        metrics = [st.epoch(epoch) for st in steppers]
-        yield record(epoch, metrics, steppers[0].steps())
+# ---------------------------------------------------------------------------------------------------------
+# Training steps and the engine
+# ---------------------------------------------------------------------------------------------------------
 
 
-class _Steps:
+def data_order(g: Group, n: int) -> Callable[[int], torch.Tensor]:
+    """The engine's data order of a group over ``n`` training images: epoch → int64 [M, n] on the group's
+    device, each model's own permutation (``randomness``, keyed by its seed; the reference engine's too)."""
+    return lambda epoch: randomness.permutation(g.seeds.view(-1, 1), randomness.DATA_ORDER, epoch, n, g.seeds.device)
+
+
+class GroupSteps:
     """One group's training steps as a fixed sequence of device operations.
 
-    The batch position and the optimizer step count are device tensors that each step advances itself,
-    so on CUDA a full-batch step is captured once into a CUDA graph (after ``WARMUP`` eager steps) and
-    replayed: the same kernels on the same buffers without Python or launch overhead per step. The
-    partial last batch of an epoch, if any, runs eagerly.
+    A step: ``forward(params, x, seeds, p, step)`` on the batch (``p`` None: no dropout), mean cross-entropy
+    per model (plus ``penalty(params)`` [M] times the epoch's penalty weight), backward, the group's
+    optimizer update (``optimizers.OPTIMIZERS``), then ``after_update()`` (e.g. re-applying pruning masks).
+    ``order(epoch)`` gives the epoch's data order, int64 [M, n]. The batch position and the optimizer step
+    count are device tensors that each step advances itself, so on CUDA a full-batch step is captured once
+    into a CUDA graph (after ``WARMUP`` eager steps) and replayed: the same kernels on the same buffers
+    without Python or launch overhead per step. The partial last batch of an epoch, if any, runs eagerly.
+    Whatever else the step reads (masks) must be updated in place between epochs.
     """
 
     WARMUP = 3  # eager steps on a side stream before capture (lazy initialisation, cuDNN workspaces)
 
-    def __init__(self, g: Group, net: PopulationCNN, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                 step: int, cuda_graphs: bool) -> None:
+    def __init__(self, g: Group, forward: Callable[..., torch.Tensor], images: torch.Tensor, labels: torch.Tensor,
+                 batch_size: int, cuda_graphs: bool, order: Callable[[int], torch.Tensor], *,
+                 penalty: Callable[[Params], torch.Tensor] | None = None,
+                 after_update: Callable[[], None] | None = None) -> None:
         dev = labels.device
-        self.g, self.net, self.images, self.labels, self.bs = g, net, images, labels, batch_size
+        self.g, self.forward, self.images, self.labels, self.bs = g, forward, images, labels, batch_size
+        self.order_of, self.penalty, self.after_update = order, penalty, after_update
         self.n = labels.numel()
-        self.step = torch.tensor(step, dtype=torch.int64, device=dev)  # optimizer steps done so far
+        self.step = torch.zeros((), dtype=torch.int64, device=dev)  # optimizer steps done so far
         self.batch = torch.zeros((), dtype=torch.int64, device=dev)  # batch index within the epoch
         self.order = torch.empty(g.m, self.n, dtype=torch.int64, device=dev)
         self.loss_sum = torch.zeros(g.m, dtype=torch.float64, device=dev)
         self.correct = torch.zeros(g.m, dtype=torch.int64, device=dev)
-        self.update = adam_step if g.configs[0].optimizer == "adam" else sgd_step
-        self.seeds = g.seeds if bool((g.p > 0).any()) else None  # no dropout in the group: skip the masks
+        self.penalty_weight = torch.zeros((), dtype=torch.float32, device=dev)
+        self.update = OPTIMIZERS[g.optimizer].step
+        self.p = g.dropout
         self.capture = cuda_graphs and dev.type == "cuda"
         self.graph: torch.cuda.CUDAGraph | None = None
 
-    def steps(self) -> int:
-        return int(self.step)
-
-    def epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Train one epoch; per-model (mean train loss, train accuracy) of the train-mode forwards."""
-        self.order.copy_(randomness.permutation(self.g.seeds.view(-1, 1), randomness.DATA_ORDER, epoch, self.n,
-                                                self.order.device))  # [M, n]
+    def epoch(self, epoch: int, penalty_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train one epoch; per-model (mean train loss, train accuracy) of the train-mode forwards (the
+        cross-entropy, without the penalty)."""
+        self.order.copy_(self.order_of(epoch))
+        self.penalty_weight.fill_(penalty_weight)
         for t in (self.batch, self.loss_sum, self.correct):
             t.zero_()
         full, rest = divmod(self.n, self.bs)
@@ -363,12 +313,58 @@ class _Steps:
         cols = self.batch * self.bs + torch.arange(b, device=self.batch.device)
         idx = self.order.index_select(1, cols)  # [M, b]
         x, y = self.images[idx], self.labels[idx]  # [M, b, C, H, W], [M, b]
-        logits = self.net.forward(g.params, x, self.seeds, g.p, self.step)
+        logits = self.forward(g.params, x, g.seeds, self.p, self.step)
         losses = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)  # [M]
-        losses.sum().backward()
+        total = losses if self.penalty is None else losses + self.penalty_weight * self.penalty(g.params)
+        total.sum().backward()
         with torch.no_grad():
             self.step.add_(1)
             self.batch.add_(1)
-            self.update(g, self.step)
+            self.update(g.params, g.opt_state, g.lr, g.wd, self.step)
+            if self.after_update is not None:
+                self.after_update()
             self.loss_sum.add_(losses.double() * b)
             self.correct.add_((logits.argmax(2) == y).sum(1))
+
+
+def train_population(zoo: Zoo, configs: list[ModelConfig], data: ImageData, device: str | torch.device = "cpu",
+                     resume: Resume | None = None, stop: int | None = None,
+                     cuda_graphs: bool = True) -> Iterator[EpochResult]:
+    """Train a chunk of models of a CNN zoo together; yields epoch 0 and every epoch up to ``stop``.
+
+    ``cuda_graphs``: on CUDA, replay each group's training step as a captured graph (``GroupSteps``); the
+    results are those of eager execution (checked by ``benchmarks/gpu_check.py``).
+    """
+    layers = get_architecture(zoo.architecture).layers
+    if layers is None:
+        raise ValueError(f"the population engine batches the LayerSpec CNNs; zoo {zoo.name} is "
+                         f"{zoo.architecture!r}: use --engine reference")
+    if data.recipe.augment != "none" or zoo.schedule != "constant":
+        raise ValueError("the population engine supports zoos without augmentation and LR schedule")
+    device = torch.device(device)
+    layout = zoo.layout
+    groups = initial_groups(zoo, configs, device)
+    channels_last = numerics(device)["channels_last"]
+    nets = [PopulationCNN(layers, g.activation, channels_last) for g in groups]
+    images, labels = data.train.images.to(device), data.train.labels.to(device)
+    n = labels.numel()
+    steppers = [GroupSteps(g, net.forward, images, labels, configs[0].batch_size, cuda_graphs, data_order(g, n))
+                for g, net in zip(groups, nets, strict=True)]
+
+    def record(epoch: int, train_metrics: list[tuple[torch.Tensor, torch.Tensor]] | None) -> EpochResult:
+        values = {k: [math.nan] * len(configs) for k in METRICS}
+        weights = torch.empty(len(configs), layout.size)
+        for gi, (g, net) in enumerate(zip(groups, nets, strict=True)):
+            params = {k: v.detach() for k, v in g.params.items()}
+            record_metrics(values, g, net, params, data, device,
+                           train_metrics[gi] if train_metrics is not None else None)
+            weights[g.index] = layout.flatten({k: v.cpu() for k, v in params.items()})
+        return EpochResult(epoch, weights, values, pack_groups(groups, int(steppers[0].step)))
+
+    def restore(state: dict[str, torch.Tensor]) -> None:
+        step = unpack_groups(state, groups)
+        for st in steppers:
+            st.step.fill_(step)
+
+    return run_epochs(record, lambda epoch: [st.epoch(epoch) for st in steppers], restore, resume,
+                      configs[0].epochs if stop is None else stop)

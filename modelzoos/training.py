@@ -15,33 +15,30 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from modelzoos import randomness
-from modelzoos.architectures import Layout, build_model, set_dropout_key
+from modelzoos.architectures import Layout, build_model, get_architecture, set_dropout_key
 from modelzoos.catalogue import ModelConfig, Zoo
 from modelzoos.data import ImageData, Split
+from modelzoos.optimizers import OPTIMIZERS
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 EVAL_BATCH = 1000  # images per eval forward; only memory depends on it
 # numeric switches (docs/protocol.md, "Numerics"): name → environment variable ("0"/"1")
 NUMERICS_ENV = {"tf32": "MODELZOOS_TF32", "channels_last": "MODELZOOS_CHANNELS_LAST", "compile": "MODELZOOS_COMPILE"}
-# defaults by device type: the faster layout of each, measured (BENCHMARKS.md: channels-last 1.6–2.4× faster on
-# our CPU, 1.7–3× slower for grouped convolutions on an H100 and no faster for ResNet-18 there)
+# defaults by device type: the faster layout of each, measured (BENCHMARKS.md: channels-last is faster on our
+# CPU, slower for grouped convolutions on an H100 and no faster for ResNet-18 there)
 NUMERICS_DEFAULTS = {"cpu": {"tf32": False, "channels_last": True, "compile": False},
                      "cuda": {"tf32": False, "channels_last": False, "compile": False}}
 # zoo.json files written before a switch was recorded ran with these values
 LEGACY_NUMERICS = {"tf32": False, "channels_last": False, "compile": False}
-# Architectures trained one model at a time for speed (compute-bound steps, batch 128–256): the reference
-# engine is their fast path and follows the layout and compile switches. The small CNNs' fast path is the
-# population engine; the reference engine runs them in PyTorch's default layout, eagerly: the one-by-one
-# baseline that the population engine is checked and measured against.
-ONE_BY_ONE = {"resnet18"}
 
 
 @dataclass
@@ -64,10 +61,11 @@ def numerics(device: str | torch.device = "cpu") -> dict[str, bool]:
 
     ``tf32`` (default off) sets torch's TF32 switches, also for cuDNN convolutions, whose torch default is
     on. ``channels_last`` (default on CPU, off on CUDA) is the activation layout of the population engine
-    and of ``ONE_BY_ONE`` architectures (ResNet-18). ``compile`` (default off) runs ``ONE_BY_ONE`` models
-    through ``torch.compile`` (fused kernels: another rounding). On CUDA, cuDNN also times its algorithms
-    per shape (``cudnn.benchmark``: 2.2× faster grouped convolutions on an H100; GPU runs are not bitwise
-    reproducible anyway). zoo.json records the flags and a run does not resume under other ones.
+    and of the architectures whose default engine is this reference engine (ResNet-18: ``fast_path``).
+    ``compile`` (default off) runs those through ``torch.compile`` (fused kernels: another rounding). On
+    CUDA, cuDNN also times its algorithms per shape (``cudnn.benchmark``: faster grouped convolutions,
+    BENCHMARKS.md; GPU runs are not bitwise reproducible anyway). zoo.json records the flags and a run does
+    not resume under other ones.
     """
     kind = torch.device(device).type
     flags = {}
@@ -160,11 +158,7 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
 
 def make_optimizer(model: nn.Module, config: ModelConfig, n_train: int):
     """(optimizer, scheduler or None) of the protocol for one model."""
-    params = model.parameters()
-    if config.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    else:
-        opt = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    opt = OPTIMIZERS[config.optimizer].torch(model.parameters(), config.lr, config.weight_decay)
     if config.schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch(n_train, config.batch_size))
@@ -201,10 +195,38 @@ def _unpack_state(state: dict[str, torch.Tensor], model: nn.Module, opt: torch.o
 # The loop
 # ---------------------------------------------------------------------------------------------------------
 
+Resume = tuple[int, dict[str, torch.Tensor]]  # (last epoch written, the EpochResult.state yielded after it)
+
+
+def run_epochs(record: Callable[[int, Any], EpochResult], train_epoch: Callable[[int], Any],
+               restore: Callable[[dict[str, torch.Tensor]], None], resume: Resume | None,
+               stop: int) -> Iterator[EpochResult]:
+    """The epoch loop every trainer shares (reference, population, twins).
+
+    Without ``resume``: ``record(0, None)`` (the untrained models), then ``record(e, train_epoch(e))`` for
+    e = 1 … ``stop``. With ``resume = (epoch, state)``: ``restore(state)``, then the epochs after ``epoch``.
+    ``train_epoch`` returns the epoch's running train metrics, which ``record`` stores.
+    """
+    if resume is None:
+        first = 1
+        yield record(0, None)
+    else:
+        first = resume[0] + 1
+        restore(resume[1])
+    for epoch in range(first, stop + 1):
+        yield record(epoch, train_epoch(epoch))
+
+
+
+def fast_path(architecture: str) -> bool:
+    """Whether the reference engine is the architecture's default (fast) engine: then it follows the layout
+    and compile switches. The small CNNs' fast path is the population engine; the reference engine runs them
+    in PyTorch's default layout, eagerly: the one-by-one baseline the population engine is checked against."""
+    return get_architecture(architecture).engine == "reference"
+
 
 def train_reference(zoo: Zoo, config: ModelConfig, data: ImageData, device: str | torch.device = "cpu",
-                    resume: tuple[int, dict[str, torch.Tensor]] | None = None,
-                    stop: int | None = None) -> Iterator[EpochResult]:
+                    resume: Resume | None = None, stop: int | None = None) -> Iterator[EpochResult]:
     """Train one model; yield epoch 0 (untrained) and every epoch up to ``stop`` (default ``config.epochs``).
 
     ``stop < config.epochs`` gives the first epochs of the full protocol run (schedules unchanged).
@@ -213,7 +235,7 @@ def train_reference(zoo: Zoo, config: ModelConfig, data: ImageData, device: str 
     """
     device = torch.device(device)
     flags = numerics(device)
-    fast = zoo.architecture in ONE_BY_ONE
+    fast = fast_path(zoo.architecture)
     fmt = torch.channels_last if fast and flags["channels_last"] else torch.contiguous_format
     layout = zoo.layout
     model = build_model(zoo.architecture, in_channels=zoo.in_channels, num_classes=zoo.num_classes,
@@ -227,8 +249,10 @@ def train_reference(zoo: Zoo, config: ModelConfig, data: ImageData, device: str 
     opt, sched = make_optimizer(model, config, n)
     recipe = data.recipe
     pad = data.pad_value
+    images, labels = train.images.to(device), train.labels.to(device)
+    step = 0
 
-    def record(epoch: int, train_metrics: tuple[float, float] | None, step: int) -> EpochResult:
+    def record(epoch: int, train_metrics: tuple[float, float] | None) -> EpochResult:
         val_aug = (recipe.augment, pad, config.seed, epoch) if recipe.augment_val else None
         tl, ta = train_metrics if train_metrics is not None else evaluate(net, train, device, fmt=fmt)
         vl, va = evaluate(net, data.val, device, val_aug, fmt) if data.val is not None else (math.nan, math.nan)
@@ -238,15 +262,12 @@ def train_reference(zoo: Zoo, config: ModelConfig, data: ImageData, device: str 
         return EpochResult(epoch, flat[None], {k: [v] for k, v in values.items()},
                            _pack_state(model, opt, step))
 
-    if resume is None:
-        first, step = 1, 0
-        yield record(0, None, 0)
-    else:
-        first = resume[0] + 1
-        step = _unpack_state(resume[1], model, opt, sched, device)
+    def restore(state: dict[str, torch.Tensor]) -> None:
+        nonlocal step
+        step = _unpack_state(state, model, opt, sched, device)
 
-    images, labels = train.images.to(device), train.labels.to(device)
-    for epoch in range(first, (stop or config.epochs) + 1):
+    def train_epoch(epoch: int) -> tuple[float, float]:
+        nonlocal step
         net.train()
         order = randomness.permutation(config.seed, randomness.DATA_ORDER, epoch, n, device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -266,12 +287,14 @@ def train_reference(zoo: Zoo, config: ModelConfig, data: ImageData, device: str 
             step += 1
             loss_sum += loss.detach().double() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
-        yield record(epoch, (loss_sum.item() / n, correct.item() / n), step)
+        return loss_sum.item() / n, correct.item() / n
+
+    return run_epochs(record, train_epoch, restore, resume, config.epochs if stop is None else stop)
 
 
 def train_reference_chunk(zoo: Zoo, configs: list[ModelConfig], data: ImageData, device: str | torch.device,
-                     resume: tuple[int, dict[str, torch.Tensor]] | None = None,
-                     stop: int | None = None) -> Iterator[EpochResult]:
+                          resume: Resume | None = None, stop: int | None = None) -> Iterator[EpochResult]:
+    """The reference engine as a chunk trainer (one model per chunk)."""
     if len(configs) != 1:
         raise ValueError(f"the reference engine trains one model per chunk, got {len(configs)}")
     return train_reference(zoo, configs[0], data, device, resume, stop)

@@ -46,12 +46,9 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate, get_worker_info
 
-from modelzoos.architectures import ARCHITECTURES, Entry, Layout
+from modelzoos.architectures import Entry, Layout, get_architecture
 
 Array = np.ndarray | torch.Tensor
-
-# Residual architectures of the catalogue: their layouts must contain torchvision BasicBlocks.
-RESIDUAL_ARCHITECTURES = frozenset({"resnet18"})
 
 _BLOCK = re.compile(r"^(layer\d+\.\d+)\.")  # torchvision residual block prefix, e.g. "layer2.0."
 _ERASE_ATTEMPTS = 10  # protocol §10.3 (WSL RandomErasingVector)
@@ -222,8 +219,7 @@ class PermutationSpec:
 
     @classmethod
     def of(cls, layout: Layout, architecture: str) -> PermutationSpec:
-        if architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {architecture!r}; valid: {', '.join(sorted(ARCHITECTURES))}")
+        residual = get_architecture(architecture).residual  # its layout must then hold torchvision BasicBlocks
         pairs = _layers_with_norms(layout)
         uf = _UnionFind()
 
@@ -252,7 +248,7 @@ class PermutationSpec:
             ends.append((main_in, main_out))
         for (_, a_out), (b_in, _) in itertools.pairwise(ends):
             uf.union(a_out, b_in)
-        if bool(blocks) != (architecture in RESIDUAL_ARCHITECTURES):
+        if bool(blocks) != residual:
             raise ValueError(f"layout does not fit architecture {architecture!r}: "
                              f"{'has' if blocks else 'lacks'} residual blocks")
 
@@ -327,9 +323,9 @@ class Permutation:
     ``axis_by_axis_above`` entries get gather indices built for the whole batch and applied as one gather;
     longer ones (ResNet-18) are permuted tensor by tensor, axis by axis, which copies contiguous runs and
     beats an element-wise gather of 11M entries on a CPU. Both ways give identical results for the same
-    generator. On the 2-core CPU (``benchmarks/transforms.py``, best of repeated calls): a table gather of
-    256 CNN-s vectors takes ≈1.7 ms, 14–24× faster than permuting them tensor by tensor; one ResNet-18
-    vector takes ≈0.07 s on the fly against ≈0.15 s from a table, so use ``n_precomputed=None`` there.
+    generator. Measured (BENCHMARKS.md, "Weight-space augmentations"): the table gather is the fast path for
+    CNN-s batches, and a ResNet-18 vector is permuted faster on the fly than from a table, so use
+    ``n_precomputed=None`` there.
     """
 
     axis_by_axis_above = 1 << 20

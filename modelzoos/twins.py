@@ -53,10 +53,8 @@ method, its settings and the source run. Resumable like ``generate`` (per-chunk 
 
 from __future__ import annotations
 
-import json
 import math
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,36 +62,23 @@ import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from modelzoos import randomness
-from modelzoos.architectures import Entry, Layout, build_model
+from modelzoos.architectures import Entry, Layout, get_architecture
 from modelzoos.catalogue import TWIN_EPOCHS, TWIN_METHODS, ModelConfig, Zoo, twin_name
 from modelzoos.data import ImageData, load_image_data
-from modelzoos.export import (
-    METADATA_SCHEMA,
-    Run,
-    ZooDir,
-    ZooFileError,
-    _check_or_write_zoo_json,
-    _zoo_json,
-    finalize,
-    write_chunk,
-)
+from modelzoos.export import METADATA_SCHEMA, Run, ZooDir, ZooFileError, describe, produce
 from modelzoos.population import (
     Group,
+    GroupSteps,
     PopulationCNN,
-    _pack_state,
-    _unpack_state,
-    adam_step,
+    dropout,
     make_groups,
+    pack_groups,
     record_metrics,
-    sgd_step,
+    unpack_groups,
 )
-from modelzoos.training import METRICS, EpochResult, numerics
-
-METHODS = TWIN_METHODS
-ARCHITECTURES = ("cnn", "cnn_m")  # ARD layers exist for the CNNs only (CNN_ARD, CNN3_ARD)
+from modelzoos.training import METRICS, EpochResult, Resume, numerics, run_epochs
 
 # Variational dropout (protocol §8; Molchanov et al. 2017)
 LOG_SIGMA2_INIT = -10.0
@@ -107,16 +92,42 @@ EPS = 1e-15  # inside log|w| and the variance's square root, as the original
 MP_TARGET = 0.8  # final fraction of conv + linear weights pruned
 MP_RAMP_EPOCHS = 20  # cubic ramp over training epochs 1..20, then fine-tuning at MP_TARGET
 
-SETTINGS = {
-    "vd": {"log_sigma2_init": LOG_SIGMA2_INIT, "log_alpha_clip": LOG_ALPHA_CLIP,
-           "log_alpha_threshold": LOG_ALPHA_THRESHOLD, "kl_constants": [K1, K2, K3],
-           "kl_weight": f"min(1, {KL_RAMP}*e/{TWIN_EPOCHS}), e = 0-based training epoch", "epochs": TWIN_EPOCHS},
-    "mp": {"scope": "global per model over conv and linear weights, biases never pruned",
-           "target_sparsity": MP_TARGET, "ramp_epochs": MP_RAMP_EPOCHS,
-           "schedule": f"s(e) = {MP_TARGET}*(1-(1-min(e,{MP_RAMP_EPOCHS})/{MP_RAMP_EPOCHS})**3), "
-                       "applied at the start of training epoch e",
-           "epochs": TWIN_EPOCHS},
+
+@dataclass(frozen=True)
+class TwinMethod:
+    """One sparsification method: what the twins' zoo.json and dataset card say about it."""
+
+    label: str
+    description: str  # one sentence for dataset cards
+    settings: dict  # recorded in zoo.json's ``twins`` section
+    log_sigma2: bool  # variational: per-weight log σ² parameters (and the KL penalty), stored with every state
+    sparsity: Callable[[int], float] | None  # pruning: the fraction of weights pruned at the start of epoch e
+
+
+METHODS: dict[str, TwinMethod] = {
+    "vd": TwinMethod(
+        "variational dropout",
+        "variational dropout (Molchanov et al. 2017, arXiv 1701.05369) as the original twins: per-weight "
+        "log σ² initialised to −10, local reparameterisation, KL weight min(1, 0.01·e/25), weights with "
+        "log α ≥ 3 zeroed",
+        {"log_sigma2_init": LOG_SIGMA2_INIT, "log_alpha_clip": LOG_ALPHA_CLIP,
+         "log_alpha_threshold": LOG_ALPHA_THRESHOLD, "kl_constants": [K1, K2, K3],
+         "kl_weight": f"min(1, {KL_RAMP}*e/{TWIN_EPOCHS}), e = 0-based training epoch", "epochs": TWIN_EPOCHS},
+        log_sigma2=True, sparsity=None),
+    "mp": TwinMethod(
+        "magnitude pruning",
+        "gradual global magnitude pruning (Zhu & Gupta 2017, arXiv 1710.01878) to 80 % of the conv + linear "
+        "weights on a cubic schedule over 20 epochs, then 5 epochs of fine-tuning; our settings (the original "
+        "published none)",
+        {"scope": "global per model over conv and linear weights, biases never pruned",
+         "target_sparsity": MP_TARGET, "ramp_epochs": MP_RAMP_EPOCHS,
+         "schedule": f"s(e) = {MP_TARGET}*(1-(1-min(e,{MP_RAMP_EPOCHS})/{MP_RAMP_EPOCHS})**3), "
+                     "applied at the start of training epoch e",
+         "epochs": TWIN_EPOCHS},
+        log_sigma2=False, sparsity=lambda epoch: mp_sparsity(epoch)),
 }
+if tuple(METHODS) != TWIN_METHODS:  # the catalogue names twin zoos after these methods
+    raise RuntimeError(f"twins.METHODS {tuple(METHODS)} differ from catalogue.TWIN_METHODS {TWIN_METHODS}")
 # The original twin experiment directories (protocol §8); other twins have none.
 SOURCES = {("mnist_cnn_seed", "vd"): "cnn_small_mnist_ard", ("svhn_cnn_seed", "vd"): "cnn_small_svhn_ard"}
 
@@ -166,11 +177,10 @@ class TwinCNN:
     """
 
     def __init__(self, zoo: Zoo, activation: str, method: str, channels_last: bool = False) -> None:
-        template = build_model(zoo.architecture, in_channels=zoo.in_channels, num_classes=zoo.num_classes)
-        self.eval_net = PopulationCNN(template, activation, channels_last)
+        self.eval_net = PopulationCNN(get_architecture(zoo.architecture).layers, activation, channels_last)
         self.specs = self.eval_net.specs
         self.act = self.eval_net.act
-        self.vd = method == "vd"
+        self.vd = METHODS[method].log_sigma2
 
     def ard_tensors(self) -> list[tuple[str, str]]:
         """(parameter name, layer kind) of every tensor with a log σ²: conv weights and biases, linear weights."""
@@ -185,9 +195,10 @@ class TwinCNN:
         """The prunable tensors (sparsity counts their elements): every conv and linear weight."""
         return [f"{spec.name}.weight" for spec in self.specs]
 
-    def forward(self, params: dict[str, torch.Tensor], x: torch.Tensor, seeds: torch.Tensor, p: torch.Tensor,
-                step: int) -> torch.Tensor:
-        """Train-mode logits [M, B, classes] for inputs [M, B, C, H, W] at global twin step ``step``."""
+    def forward(self, params: dict[str, torch.Tensor], x: torch.Tensor, seeds: torch.Tensor,
+                p: torch.Tensor | None, step: int | torch.Tensor) -> torch.Tensor:
+        """Train-mode logits [M, B, classes] for inputs [M, B, C, H, W] at global twin step ``step``
+        (``p`` None: no dropout)."""
         m, b = x.shape[0], x.shape[1]
         h = x.transpose(0, 1).reshape(b, -1, *x.shape[-2:])  # [B, M·C, H, W]
         for i, spec in enumerate(self.specs):
@@ -218,8 +229,8 @@ class TwinCNN:
                 h = mu + bias.unsqueeze(1)
             if spec.act:
                 h = self.act(h)
-            if spec.dropout and bool((p > 0).any()):
-                h = PopulationCNN._dropout(h, seeds, p, DROPOUT_STREAM + i, step, m, b)
+            if spec.dropout and p is not None:
+                h = dropout(h, seeds, p, DROPOUT_STREAM + i, step, m, b)
         return h
 
     def kl(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -291,7 +302,7 @@ def _groups(configs: list[ModelConfig], dense: torch.Tensor, layout: Layout, net
 
     def params_of(index: list[int]) -> dict[str, torch.Tensor]:
         params = {k: v.clone() for k, v in layout.unflatten(dense[index].to(device)).items()}
-        if method == "vd":
+        if METHODS[method].log_sigma2:
             for name, _ in net_ard:
                 params[f"{name}.log_sigma2"] = torch.full_like(params[name], LOG_SIGMA2_INIT)
         return params
@@ -311,27 +322,42 @@ def log_sigma2_layout(zoo: Zoo) -> Layout:
 
 
 def train_twins(zoo: Zoo, configs: list[ModelConfig], dense: torch.Tensor, data: ImageData, method: str,
-                device: str | torch.device = "cpu", resume: tuple[int, dict[str, torch.Tensor]] | None = None,
-                stop: int = TWIN_EPOCHS) -> Iterator[TwinEpoch]:
+                device: str | torch.device = "cpu", resume: Resume | None = None, stop: int = TWIN_EPOCHS,
+                cuda_graphs: bool = True) -> Iterator[TwinEpoch]:
     """Sparsify a chunk of models from their dense states ``dense`` float32 [M, D]; yield epochs 0 … ``stop``.
 
     ``zoo`` gives architecture and layout; ``configs`` the models' hyperparameters (seed, optimizer, lr,
-    weight decay, dropout, batch size). ``resume = (epoch, state)`` continues after ``epoch``.
+    weight decay, dropout, batch size). ``resume = (epoch, state)`` continues after ``epoch``. Training runs
+    through the population engine's ``GroupSteps`` (CUDA graphs on CUDA, ``cuda_graphs``).
     """
     device = torch.device(device)
     channels_last = numerics(device)["channels_last"]
     layout = zoo.layout
-    ls_layout = log_sigma2_layout(zoo) if method == "vd" else None
+    variational, schedule = METHODS[method].log_sigma2, METHODS[method].sparsity
+    ls_layout = log_sigma2_layout(zoo) if variational else None
     nets = {}
     for c in configs:
         nets.setdefault(c.activation, TwinCNN(zoo, c.activation, method, channels_last))
     ard = next(iter(nets.values())).ard_tensors()
     groups = _groups(configs, dense, layout, ard, method, device)
-    gnets = [nets[g.configs[0].activation] for g in groups]
+    gnets = [nets[g.activation] for g in groups]
     images, labels = data.train.images.to(device), data.train.labels.to(device)
-    n, bs = labels.numel(), configs[0].batch_size
+    n = labels.numel()
+    masks: list[dict[str, torch.Tensor]] = [{} for _ in groups]  # magnitude pruning: the keep masks per group
 
-    def record(epoch: int, train_metrics: list[tuple[torch.Tensor, torch.Tensor]] | None, step: int) -> TwinEpoch:
+    def steps(g: Group, net: TwinCNN, keep: dict[str, torch.Tensor]) -> GroupSteps:
+        def remask() -> None:
+            for name, mask in keep.items():
+                g.params[name].mul_(mask)
+
+        return GroupSteps(g, net.forward, images, labels, configs[0].batch_size, cuda_graphs,
+                          lambda epoch: randomness.permutation(g.seeds.view(-1, 1), DATA_ORDER_STREAM, epoch, n,
+                                                              device),
+                          penalty=net.kl if variational else None, after_update=remask if schedule else None)
+
+    steppers = [steps(g, net, keep) for g, net, keep in zip(groups, gnets, masks, strict=True)]
+
+    def record(epoch: int, train_metrics: list[tuple[torch.Tensor, torch.Tensor]] | None) -> TwinEpoch:
         values = {k: [math.nan] * len(configs) for k in (*METRICS, "sparsity")}
         weights = torch.empty(len(configs), layout.size)
         ls2 = torch.empty(len(configs), ls_layout.size) if ls_layout is not None else None
@@ -347,43 +373,24 @@ def train_twins(zoo: Zoo, configs: list[ModelConfig], dense: torch.Tensor, data:
             if ls2 is not None:
                 ls2[g.index] = ls_layout.flatten({e.name: g.params[f"{e.name}.log_sigma2"].detach().cpu()
                                                   for e in ls_layout.entries})
-        return TwinEpoch(epoch, weights, values, _pack_state(groups, step), ls2)
+        return TwinEpoch(epoch, weights, values, pack_groups(groups, int(steppers[0].step)), ls2)
 
-    if resume is None:
-        first, step = 1, 0
-        yield record(0, None, 0)
-    else:
-        first = resume[0] + 1
-        step = _unpack_state(resume[1], groups)
+    def restore(state: dict[str, torch.Tensor]) -> None:
+        step = unpack_groups(state, groups)
+        for st in steppers:
+            st.step.fill_(step)
 
-    for epoch in range(first, stop + 1):
+    def train_epoch(epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         kl_weight = min(1.0, KL_RAMP * (epoch - 1) / TWIN_EPOCHS)
         metrics = []
-        for g, net in zip(groups, gnets, strict=True):
-            masks = prune(g.params, net.weight_names(), mp_sparsity(epoch)) if method == "mp" else None
-            order = randomness.permutation(g.seeds.view(-1, 1), DATA_ORDER_STREAM, epoch, n, device)  # [M, n]
-            loss_sum = torch.zeros(g.m, dtype=torch.float64, device=device)
-            correct = torch.zeros(g.m, dtype=torch.int64, device=device)
-            update = adam_step if g.configs[0].optimizer == "adam" else sgd_step
-            gstep = step
-            for s in range(0, n, bs):
-                idx = order[:, s : s + bs]  # [M, b]
-                x, y = images[idx], labels[idx]
-                logits = net.forward(g.params, x, g.seeds, g.p, gstep)
-                ce = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)  # [M]
-                loss = ce + kl_weight * net.kl(g.params) if (net.vd and kl_weight > 0) else ce
-                loss.sum().backward()
-                gstep += 1
-                update(g, gstep)
-                if masks is not None:
-                    with torch.no_grad():
-                        for name, mask in masks.items():
-                            g.params[name].mul_(mask)
-                loss_sum += ce.detach().double() * y.shape[1]
-                correct += (logits.detach().argmax(2) == y).sum(1)
-            metrics.append((loss_sum / n, correct.double() / n))
-        step = gstep
-        yield record(epoch, metrics, step)
+        for g, net, keep, st in zip(groups, gnets, masks, steppers, strict=True):
+            if schedule is not None:  # the epoch's masks, updated in place (a captured step reads these tensors)
+                for name, mask in prune(g.params, net.weight_names(), schedule(epoch)).items():
+                    keep.setdefault(name, mask).copy_(mask)
+            metrics.append(st.epoch(epoch, kl_weight))
+        return metrics
+
+    return run_epochs(record, train_epoch, restore, resume, stop)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -394,7 +401,7 @@ def train_twins(zoo: Zoo, configs: list[ModelConfig], dense: torch.Tensor, data:
 def twin_zoo(source: Zoo, method: str) -> Zoo:
     """The spec of the twins: the source's, renamed ``<source>_sparse_<method>``, ``epochs = TWIN_EPOCHS``."""
     d = source.to_dict()
-    label = {"vd": "variational dropout", "mp": "magnitude pruning"}[method]
+    label = METHODS[method].label
     d |= {"name": twin_name(source.name, method), "epochs": TWIN_EPOCHS,
           "description": f"Sparsified twins ({label}, {TWIN_EPOCHS} epochs) of every model of {source.name}",
           "source": SOURCES.get((source.name, method), ""),
@@ -405,9 +412,9 @@ def twin_zoo(source: Zoo, method: str) -> Zoo:
 def _check_source(source: ZooDir, models: int | None) -> tuple[int, int]:
     """(models, final epoch) to sparsify; clear errors for zoos without twins."""
     zoo = source.zoo
-    if zoo.architecture not in ARCHITECTURES:
+    if get_architecture(zoo.architecture).layers is None:
         raise ValueError(f"{source.path}: zoo {zoo.name} has architecture {zoo.architecture!r}; sparsified twins "
-                         f"exist for the CNN zoos only ({', '.join(ARCHITECTURES)}): pick a CNN zoo directory")
+                         "exist for the LayerSpec CNNs only (ARD layers): pick a CNN zoo directory")
     if zoo.data.augment != "none" or zoo.schedule != "constant":
         raise ValueError(f"{source.path}: zoo {zoo.name} uses augmentation or an LR schedule; twins support the "
                          "CNN protocol (no augmentation, constant LR)")
@@ -424,11 +431,37 @@ def _check_source(source: ZooDir, models: int | None) -> tuple[int, int]:
     return models, last
 
 
-def _source_weights(source: ZooDir, ids: list[int], epoch: int) -> torch.Tensor:
-    meta = source.metadata
-    rows = {int(meta.model_id[i]): int(i) for i in meta.index[(meta.epoch == epoch) & meta.model_id.isin(ids)]}
-    flats = dict(source.weights([rows[m] for m in ids]))
-    return torch.stack([flats[rows[m]] for m in ids])
+@dataclass(frozen=True)
+class Twins:
+    """The producer of a twin directory (``export.Producer``): ``run`` = the twins of the first models of
+    ``source``, sparsified from their states after epoch ``source_epoch`` by ``method``."""
+
+    run: Run
+    source: ZooDir
+    source_epoch: int
+    method: str
+    data: ImageData
+    device: str
+    schema: pa.Schema = TWIN_SCHEMA
+    sections: tuple[str, ...] = ("twins",)
+
+    def describe(self) -> dict:
+        record = {"method": self.method, "settings": METHODS[self.method].settings,
+                  "source_path": str(self.source.path.resolve()), "source_run": self.source.info["run"],
+                  "source_epoch": self.source_epoch}
+        if METHODS[self.method].log_sigma2:
+            record["log_sigma2_layout"] = log_sigma2_layout(self.run.zoo).to_json()
+        return describe(self.run, self.data, self.device, twins=record)
+
+    def __call__(self, chunk: list[ModelConfig], resume: Resume | None) -> Iterator[TwinEpoch]:
+        meta = self.source.metadata
+        ids = [c.model_id for c in chunk]
+        rows = meta.index[(meta.epoch == self.source_epoch) & meta.model_id.isin(ids)]
+        order = {int(meta.model_id[i]): int(i) for i in rows}
+        dense = np.empty((len(ids), self.run.zoo.layout.size), dtype=np.float32)
+        self.source.read_rows(np.asarray([order[m] for m in ids]), dense)
+        return train_twins(self.run.zoo, chunk, torch.from_numpy(dense), self.data, self.method, self.device,
+                           resume=resume, stop=self.run.epochs)
 
 
 def sparsify(source: ZooDir | str | Path, out: str | Path, method: str, device: str = "cpu",
@@ -446,6 +479,8 @@ def sparsify(source: ZooDir | str | Path, out: str | Path, method: str, device: 
         raise ValueError(f"unknown sparsification method {method!r}; valid: {', '.join(METHODS)}")
     if not 0 <= epochs <= TWIN_EPOCHS:
         raise ValueError(f"epochs must be in 0..{TWIN_EPOCHS}, got {epochs}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"--chunk-size must be at least 1, got {chunk_size}")
     src = source if isinstance(source, ZooDir) else ZooDir(source)
     models, last = _check_source(src, models)
     zoo = twin_zoo(src.zoo, method)
@@ -455,27 +490,11 @@ def sparsify(source: ZooDir | str | Path, out: str | Path, method: str, device: 
         raise ZooFileError(f"the image data of {zoo.data.dataset} here (sha256 {data.sha256[:12]}…) differs from "
                            f"the data {src.path} was trained on ({src.info['data']['sha256'][:12]}…); use the same "
                            "data root")
-    twins = {"method": method, "settings": SETTINGS[method], "source_path": str(src.path.resolve()),
-             "source_run": src.info["run"], "source_epoch": last}
-    if method == "vd":
-        twins["log_sigma2_layout"] = log_sigma2_layout(zoo).to_json()
-    info = json.loads(json.dumps(_zoo_json(run, data, device) | {"twins": twins}))  # as stored (tuples → lists)
-    root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
-    _check_or_write_zoo_json(root, info)
-    if not (root / "metadata.parquet").exists():
-        total = models * (epochs + 1)
-        with tqdm(total=total, desc=f"{zoo.name}", unit="state", disable=not progress) as bar:
-            for chunk in run.chunks():
-                dense = _source_weights(src, [c.model_id for c in chunk], last)
-                write_chunk(root, chunk, epochs, lambda resume, chunk=chunk, dense=dense: train_twins(
-                    zoo, chunk, dense, data, method, device, resume=resume, stop=epochs), bar)
-        finalize(root, run, TWIN_SCHEMA, {"modelzoos.twins": json.dumps(info["twins"])})
-    return ZooDir(root)
+    return produce(out, Twins(run, src, last, method, data, device), progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Summary and command line
+# Summary
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -490,22 +509,3 @@ def summary(twin: ZooDir) -> dict:
         out[int(epoch)] = {c: [float(np.nanquantile(g[c], q)) for q in (0.25, 0.5, 0.75)]
                            for c in ("sparsity", "test_acc", "acc_drop")}
     return out
-
-
-def cli_twins(args) -> int:
-    """``modelzoos twins SOURCE --method vd|mp --out DIR [--models N] [--epochs E] [--chunk-size C] [--device D]``."""
-    start = time.perf_counter()
-    twin = sparsify(args.source, args.out, args.method, device=args.device, models=args.models,
-                    progress=not args.quiet, epochs=TWIN_EPOCHS if args.epochs is None else args.epochs,
-                    chunk_size=args.chunk_size, data_root=args.data_root)
-    s = summary(twin)
-    last = max(s)
-    q = s[last]
-    models = int(twin.metadata.model_id.nunique())
-    print(f"twins {twin.zoo.name}: {models} models, epochs 0..{last}, in {twin.path} "
-          f"({time.perf_counter() - start:.1f} s)")
-    print(f"epoch {last} (median [25%, 75%] across models): sparsity {q['sparsity'][1]:.3f} "
-          f"[{q['sparsity'][0]:.3f}, {q['sparsity'][2]:.3f}], test accuracy {q['test_acc'][1]:.3f} "
-          f"[{q['test_acc'][0]:.3f}, {q['test_acc'][2]:.3f}], drop from the dense model {q['acc_drop'][1]:.3f} "
-          f"[{q['acc_drop'][0]:.3f}, {q['acc_drop'][2]:.3f}]")
-    return 0

@@ -1,12 +1,22 @@
-"""Shared fixtures: the digits image data (offline, built once per session) and a tiny digits zoo spec."""
+"""Shared fixtures: the digits image data (offline, built once per session), a tiny digits zoo spec, and the
+suite's one digits zoo, its sparsified twins and the repository folder `modelzoos build` writes from them."""
 
+import shutil
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
 from modelzoos.catalogue import get_zoo
 from modelzoos.data import load_image_data
+from modelzoos.export import ZooDir
+from modelzoos.generate import generate
+from modelzoos.publish import build_repo
+from modelzoos.twins import sparsify
+
+ZOO_MODELS, ZOO_EPOCHS = 20, 3  # the shared zoo: enough models for 14 / 3 / 3 split models and probes
+TWIN_MODELS, TWIN_EPOCHS = 7, 3  # the twins of its first 7 models (the fewest a published config takes)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -78,3 +88,37 @@ def tiny_spec(tmp_path):
         range = [1, 2]
     """))
     return path
+
+
+@pytest.fixture(scope="session")
+def zoo_dir(tmp_path_factory) -> ZooDir:
+    """The suite's digits seed zoo: the first 20 models × 3 epochs (population engine). Read it only; a test
+    that changes files works on a copy (``copy_of``)."""
+    return generate(get_zoo("digits_cnn_seed"), tmp_path_factory.mktemp("zoo") / "digits_cnn_seed",
+                    models=ZOO_MODELS, epochs=ZOO_EPOCHS, progress=False)
+
+
+@pytest.fixture(scope="session")
+def twin_dirs(zoo_dir, tmp_path_factory) -> dict[str, ZooDir]:
+    """{method: twin directory}: both sparsified twins of the first 7 models of ``zoo_dir``, 3 twin epochs."""
+    return {m: sparsify(zoo_dir, tmp_path_factory.mktemp(m) / f"digits_cnn_seed_sparse_{m}", m, models=TWIN_MODELS,
+                        epochs=TWIN_EPOCHS, progress=False) for m in ("vd", "mp")}
+
+
+@pytest.fixture(scope="session")
+def repo_dir(zoo_dir, twin_dirs, tmp_path_factory) -> Path:
+    """The repository folder `modelzoos build` writes from ``zoo_dir`` and its variational-dropout twins:
+    configs ``digits_cnn_seed`` (the default) and ``digits_cnn_seed_sparse_vd``. Read it only."""
+    repo = tmp_path_factory.mktemp("repo") / "modelzoos"
+    build_repo([zoo_dir.path, twin_dirs["vd"].path], repo, progress=False)
+    return repo
+
+
+@pytest.fixture
+def copy_of(tmp_path):
+    """``copy_of(path)``: a private copy of a shared folder (zoo directory or repository) in tmp_path."""
+
+    def copy(path: Path) -> Path:
+        return Path(shutil.copytree(path, tmp_path / Path(path).name))
+
+    return copy

@@ -1,12 +1,11 @@
 """Weight-space baselines (modelzoos.baselines) on a real tiny digits zoo published to a repository folder.
 
-The zoo is 20 models × 3 epochs of ``digits_cnn_seed`` (splits 14 / 3 / 3 models), built once per module
-with ``export.generate`` and ``publish.build_repo``; everything is read back through ``datasets`` offline.
+The zoo is the suite's 20 models × 3 epochs of ``digits_cnn_seed`` (splits 14 / 3 / 3 models) in the shared
+repository folder (conftest); everything is read back through ``datasets`` offline.
 Learned baselines use tiny sizes: the tests check mechanics (losses decrease, held-out models, files),
 not quality — the digits benchmark in the report does that.
 """
 
-import argparse
 import inspect
 import json
 from dataclasses import replace
@@ -23,10 +22,9 @@ from modelzoos.baselines.hyperrep import HyperRepConfig, nt_xent, train_hyperrep
 from modelzoos.baselines.probes import LAMBDAS, gbm_probe, linear_probe, r2_score, ridge_fit, ridge_probe
 from modelzoos.baselines.sampling import SamplingConfig, anchors, kde_sample, sample_and_evaluate
 from modelzoos.baselines.sane import SaneConfig, train_sane
-from modelzoos.catalogue import get_zoo
-from modelzoos.export import generate
+from modelzoos.cli import main
 from modelzoos.loading import WEIGHTS
-from modelzoos.publish import build_repo
+from modelzoos.repository import SPLITS as REPOSITORY_SPLITS
 from modelzoos.transforms import chunk_tokens
 
 CONFIG = "digits_cnn_seed"
@@ -38,11 +36,8 @@ pytestmark = pytest.mark.usefixtures("hf_offline", "one_thread")  # conftest: of
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, one_thread) -> Path:
-    root = tmp_path_factory.mktemp("baselines")
-    generate(get_zoo(CONFIG), root / "zoo", models=20, epochs=3, progress=False)
-    build_repo([root / "zoo"], root / "repo", progress=False)
-    return root / "repo"
+def repo(repo_dir) -> Path:
+    return repo_dir
 
 
 @pytest.fixture(scope="module")
@@ -291,10 +286,8 @@ def test_bench_writes_markdown_json_and_figure(repo, tmp_path):
 
 
 def test_cli_bench_prints_the_table(repo, tmp_path, capsys):
-    parser = bench.add_arguments(argparse.ArgumentParser())
-    args = parser.parse_args([CONFIG, "--repo", str(repo), "--baselines", "stats", "--out", str(tmp_path),
-                              "--epochs-filter", "1-3", "--quiet"])
-    assert bench.cli_bench(args) == 0
+    assert main(["bench", CONFIG, "--repo", str(repo), "--baselines", "stats", "--out", str(tmp_path),
+                 "--epochs-filter", "1-3", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "| stats | ridge | 70 |" in printed and "epochs used as samples: 1–3" in printed
     with pytest.raises(ValueError, match="unknown baselines"):
@@ -302,4 +295,4 @@ def test_cli_bench_prints_the_table(repo, tmp_path, capsys):
 
 
 def test_probe_split_names_are_the_repository_splits():
-    assert probes.SPLITS == SPLITS == ("train", "validation", "test")
+    assert probes.SPLITS == SPLITS == REPOSITORY_SPLITS == ("train", "validation", "test")

@@ -1,19 +1,19 @@
 """The Ray backend on a local 2-CPU Ray instance: same zoo as the local backend, killed workers, failing chunks."""
 
-import inspect
 import json
 import socket
 import sys
 
 import pandas as pd
 import pytest
+import ray  # the [ray] extra is part of the test environment: a missing Ray fails the suite, it is not skipped
 import torch
 
 from modelzoos.catalogue import get_zoo
-from modelzoos.distributed import DistributedError, FaultInjection, generate_ray
-from modelzoos.export import Run, ZooDir, ZooFileError, chunk_dir, generate
+from modelzoos.distributed import DistributedError, FaultInjection, RayBackend
+from modelzoos.export import Run, ZooDir, ZooFileError, chunk_dir, produce
+from modelzoos.generate import Training, generate
 
-ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 MODELS, EPOCHS = 4, 2
@@ -42,6 +42,11 @@ def _run(models: int = MODELS) -> Run:
     return Run(get_zoo("digits_cnn_seed"), models=models, epochs=EPOCHS, engine="reference", chunk_size=1)
 
 
+def generate_ray(run: Run, out, *, device: str = "cpu", progress: bool = False, **backend) -> ZooDir:
+    """``run`` written into ``out`` by the Ray backend (``generate(..., backend="ray")`` with its options)."""
+    return produce(out.resolve(), Training(run, device), RayBackend(device=device, **backend), progress)
+
+
 def _assert_same_zoo(got: ZooDir, ref: ZooDir) -> None:
     """Same rows (of ``got``'s models), bitwise equal weights, same zoo.json apart from the run's size."""
     rows = ref.metadata.model_id.isin(got.metadata.model_id.unique())
@@ -62,8 +67,6 @@ def test_ray_zoo_equals_the_local_zoo(ray_instance, local_zoo, tmp_path):
     _assert_same_zoo(ZooDir(tmp_path / "zoo"), local_zoo)
 
 
-@pytest.mark.skipif("backend" not in inspect.signature(generate).parameters,
-                    reason="export.generate has no backend parameter yet")
 def test_generate_with_the_ray_backend(ray_instance, local_zoo, tmp_path):
     zd = generate(get_zoo("digits_cnn_seed"), tmp_path / "zoo", models=2, epochs=EPOCHS, engine="reference",
                   chunk_size=1, progress=False, backend="ray")
@@ -74,7 +77,7 @@ def test_a_killed_worker_is_retried_and_its_chunk_resumes(ray_instance, local_zo
     markers = tmp_path / "markers"
     markers.mkdir()
     fault = FaultInjection(markers, first_ids=frozenset({0, 2}), after_epoch=1, kills=1)
-    generate_ray(_run(), tmp_path / "zoo", max_retries=3, progress=False, _fault=fault)
+    generate_ray(_run(), tmp_path / "zoo", max_retries=3, fault=fault)
     assert sorted(p.name for p in markers.iterdir()) == ["kills_000000", "kills_000002"]
     assert all(p.read_text() == "1" for p in markers.iterdir())  # each was SIGKILLed once after epoch 1
     _assert_same_zoo(ZooDir(tmp_path / "zoo"), local_zoo)
@@ -85,7 +88,7 @@ def test_a_chunk_failing_beyond_its_retries_raises_and_stays_resumable(ray_insta
     markers.mkdir()
     fault = FaultInjection(markers, first_ids=frozenset({1}), after_epoch=0, kills=99)
     with pytest.raises(DistributedError, match="1 of 2 chunk task") as err:
-        generate_ray(run, out, max_retries=1, progress=False, _fault=fault)
+        generate_ray(run, out, max_retries=1, fault=fault)
     assert "models_000001-000001: the worker process died" in str(err.value) and "rerun" in str(err.value)
     assert (markers / "kills_000001").read_text() == "2"  # first attempt + one retry
     first, second = (chunk_dir(out, c) for c in run.chunks())

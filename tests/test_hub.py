@@ -1,14 +1,13 @@
 """Publishing with modelzoos.hub against the in-process fake Hub (tests/fakehub.py): round trips through
-`datasets.load_dataset`, config-wise replacement, card merging, resuming, and the error paths."""
+`datasets.load_dataset`, config-wise replacement, card merging, resuming, and the error paths.
+
+Every folder pushed here is one that `modelzoos build` writes (the suite's shared repository: configs
+digits_cnn_seed and digits_cnn_seed_sparse_vd, conftest), validated by the one validator push calls."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import random
-import sys
-import types
+import shutil
 from pathlib import Path
 
 import datasets
@@ -20,8 +19,11 @@ import pytest
 from huggingface_hub import HfApi, HfFileSystem, constants
 from huggingface_hub.errors import OfflineModeIsEnabled
 
-from modelzoos import hub
-from modelzoos.hub import HubAuthError, HubError, config_section, merge_card, push, split_card, validate_folder
+from modelzoos import card, hub
+from modelzoos.cli import main
+from modelzoos.hub import HubAuthError, HubError, push
+from modelzoos.publish import build_repo
+from modelzoos.repository import SPLITS, RepositoryError, join_card, split_card, validate_repo
 
 pytest_plugins = ["fakehub"]  # the fake_hub fixture
 # huggingface_hub's LFS upload passes `data=` to httpx2, which deprecates it; not ours to fix.
@@ -29,88 +31,21 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationW
 
 REPO = "org/zoos"
 SECRET = "hf_secretUsedOnlyByTheErrorMappingTests"
-D = 6  # weights per row
-SPLITS = ("train", "validation", "test")
-FEATURES = datasets.Features({
-    "zoo": datasets.Value("string"),
-    **{c: datasets.Value("int64") for c in ("model_id", "epoch", "seed", "batch_size", "epochs")},
-    **{c: datasets.Value("string") for c in ("init", "activation", "optimizer", "schedule")},
-    **{c: datasets.Value("float64") for c in ("lr", "weight_decay", "dropout", "train_loss", "train_acc", "val_loss",
-                                              "val_acc", "test_loss", "test_acc", "ggap")},
-    "nonfinite": datasets.Value("bool"),
-    "weights": datasets.List(datasets.Value("float32"), length=D),
-})
+ZOO, VD, MP = "digits_cnn_seed", "digits_cnn_seed_sparse_vd", "digits_cnn_seed_sparse_mp"
+D = 2464  # weights per row
 
 
-PUBLISH_PROBLEMS = hub._publish_problems
-
-
-@pytest.fixture(autouse=True)
-def _only_own_validation(monkeypatch):
-    """Keep these tests independent of modelzoos.publish.validate_repo (tested separately with a stand-in)."""
-    monkeypatch.setattr(hub, "_publish_problems", lambda root: [])
-
-
-# ---------------------------------------------------------------- repository folders (docs/hub_format.md)
-def write_config(root: Path, name: str, models: int = 10, epochs: int = 1, shards: dict | None = None,
-                 seed: int = 0) -> dict[str, pa.Table]:
-    """data/<name>/{split}-NNNNN-of-MMMMM.parquet and zoo.json; returns the rows per split."""
-    rng = np.random.default_rng(seed)
-    ids = sorted(range(models))
-    random.Random(42).shuffle(ids)
-    n_train, n_val = int(0.7 * models), int(0.15 * models)
-    split_ids = {"train": ids[:n_train], "validation": ids[n_train:n_train + n_val], "test": ids[n_train + n_val:]}
-    folder = root / "data" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    zoo_json = {"format_version": 1, "config": name, "zoo": {"name": name}, "layout": [
-        {"name": "w", "shape": [D], "offset": 0, "kind": "weight"}], "data": {}, "splits": split_ids,
-        "epochs": list(range(epochs + 1)), "num_models": models}
-    tables = {}
-    for split, mids in split_ids.items():
-        rows = [(m, e) for m in sorted(mids) for e in range(epochs + 1)]
-        n = len(rows)
-        columns = {
-            "zoo": [name] * n, "model_id": [m for m, _ in rows], "epoch": [e for _, e in rows],
-            "seed": [m + 1 for m, _ in rows], "batch_size": [32] * n, "epochs": [epochs] * n,
-            "init": ["kaiming_uniform"] * n, "activation": ["relu"] * n, "optimizer": ["adam"] * n,
-            "schedule": ["constant"] * n, "lr": [1e-3] * n, "weight_decay": [0.0] * n, "dropout": [0.0] * n,
-            **{c: rng.random(n).tolist() for c in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
-                                                   "test_acc", "ggap")},
-            "nonfinite": [False] * n,
-            "weights": pa.FixedSizeListArray.from_arrays(pa.array(rng.standard_normal(n * D), pa.float32()), D),
-        }
-        schema = FEATURES.arrow_schema
-        schema = schema.with_metadata({**schema.metadata, b"modelzoos": json.dumps(zoo_json).encode()})
-        table = pa.table(columns, schema=schema)
-        tables[split] = table
-        k = (shards or {}).get(split, 1)
-        bounds = np.linspace(0, n, k + 1).astype(int)
-        for i in range(k):
-            pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]),
-                           folder / f"{split}-{i:05d}-of-{k:05d}.parquet", compression="zstd",
-                           use_dictionary=False)
-    zoo_json["num_rows"] = {s: t.num_rows for s, t in tables.items()}
-    (folder / "zoo.json").write_text(json.dumps(zoo_json, indent=2))
-    return tables
-
-
-def write_card(root: Path, configs: list[str], default: str, intro: str = "Model zoos.") -> None:
-    meta = {"license": "cc-by-4.0", "pretty_name": "Test zoos", "size_categories": ["n<1K"],
-            "task_categories": ["other"], "tags": ["model-zoo"], "configs": [
-                {"config_name": c, **({"default": True} if c == default else {}), "data_files": [
-                    {"split": s, "path": f"data/{c}/{s}-*.parquet"} for s in SPLITS]} for c in configs]}
-    sections = "\n\n".join(config_section(c, f"## {c}\n\nAbout {c}, built from {root.name}.") for c in configs)
-    (root / "README.md").write_text(hub.join_card(meta, f"# Test zoos\n\n{intro}\n\n{sections}\n\n## Citation\n"))
-
-
-def build_repo(root: Path, configs: dict[str, dict], default: str) -> dict[str, dict[str, pa.Table]]:
-    tables = {name: write_config(root, name, **kwargs) for name, kwargs in configs.items()}
-    write_card(root, list(configs), default)
-    return tables
+# ---------------------------------------------------------------- repository folders (as `modelzoos build` writes)
+def read_config(root: Path, name: str) -> dict[str, pa.Table]:
+    """{split: the config's rows as one table} of a repository folder."""
+    return {s: pa.concat_tables([pq.read_table(f) for f in sorted((root / "data" / name).glob(f"{s}-*.parquet"))])
+            for s in SPLITS}
 
 
 def local_files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """What a push publishes from ``root``: its data files, and the card rendered for REPO."""
+    files = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted((root / "data").rglob("*")) if p.is_file()}
+    return files | {"README.md": card.render(root, REPO).encode()}
 
 
 def remote_files(fake, repo=REPO) -> dict[str, bytes]:
@@ -126,43 +61,57 @@ def weights(rows) -> np.ndarray:
     return np.asarray([np.asarray(r["weights"], dtype=np.float32) for r in rows])
 
 
+def table_weights(table: pa.Table) -> np.ndarray:
+    return table.column("weights").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
+
+
 @pytest.fixture
-def two_configs(tmp_path):
-    root = tmp_path / "repo"
-    tables = build_repo(root, {"alpha_cnn_seed": {"seed": 1}, "beta_cnn_seed": {"seed": 2, "shards": {"train": 2}}},
-                        default="alpha_cnn_seed")
-    return root, tables
+def two_configs(repo_dir, copy_of):
+    """A private copy of the shared repository folder and its rows per config and split."""
+    root = copy_of(repo_dir)
+    return root, {name: read_config(root, name) for name in (ZOO, VD)}
+
+
+def section(text: str, name: str) -> str:
+    """A config's section of a card body."""
+    start, end = f"<!-- config:{name} start -->", f"<!-- config:{name} end -->"
+    return text[text.index(start) : text.index(end)]
 
 
 # ---------------------------------------------------------------- round trip
 def test_push_two_configs_then_load_dataset(fake_hub, two_configs):
     root, tables = two_configs
-    url = push(root, REPO)
+    before = (root / "README.md").read_text()
+    url = push(root, REPO).commit_url
     assert url.startswith(f"{constants.ENDPOINT}/datasets/{REPO}/commit/")
     assert remote_files(fake_hub) == local_files(root)
-    assert fake_hub.commits(REPO) == ["initial commit", "Upload alpha_cnn_seed, beta_cnn_seed with modelzoos"]
+    assert fake_hub.commits(REPO) == ["initial commit", f"Upload {ZOO}, {VD} with modelzoos"]
+    published = fake_hub.files(REPO)["README.md"].decode()
+    assert f'load_dataset("{REPO}", "{ZOO}", split="train")' in published and "ORG/NAME" not in published
+    assert (root / "README.md").read_text() == before  # the local folder is not changed by a push
 
     HfFileSystem.clear_instance_cache()
-    assert datasets.get_dataset_config_names(REPO) == ["alpha_cnn_seed", "beta_cnn_seed"]
-    assert datasets.get_dataset_default_config_name(REPO) == "alpha_cnn_seed"
+    assert datasets.get_dataset_config_names(REPO) == [ZOO, VD]
+    assert datasets.get_dataset_default_config_name(REPO) == ZOO
     for name, splits in tables.items():
         ds = load(name)
         expected = splits["train"]
         assert ds.num_rows == expected.num_rows
         assert ds.features["weights"] == datasets.List(datasets.Value("float32"), length=D)
-        np.testing.assert_array_equal(ds.with_format("numpy")["weights"], weights(expected.to_pylist()))
+        np.testing.assert_array_equal(ds.with_format("numpy")["weights"], table_weights(expected))
         assert ds["model_id"] == expected.column("model_id").to_pylist()
-    streamed = list(load("beta_cnn_seed", "test", streaming=True))
-    np.testing.assert_array_equal(weights(streamed), weights(tables["beta_cnn_seed"]["test"].to_pylist()))
+    assert "log_sigma2" in load(VD).column_names
+    streamed = list(load(VD, "test", streaming=True))
+    np.testing.assert_array_equal(weights(streamed), table_weights(tables[VD]["test"]))
 
 
 def test_fake_hub_serves_parquet_footers_by_range(fake_hub, two_configs):
     root, _ = two_configs
     push(root, REPO)
-    path = f"datasets/{REPO}/data/alpha_cnn_seed/train-00000-of-00001.parquet"
+    path = f"datasets/{REPO}/data/{ZOO}/train-00000-of-00001.parquet"
     with HfFileSystem().open(path, block_size=1024) as f:
         meta = pq.ParquetFile(f).metadata
-    assert meta.num_rows == pq.read_metadata(root / "data/alpha_cnn_seed/train-00000-of-00001.parquet").num_rows
+    assert meta.num_rows == pq.read_metadata(root / f"data/{ZOO}/train-00000-of-00001.parquet").num_rows
     assert fake_hub.count("resolve", status=206) >= 1
 
 
@@ -170,7 +119,7 @@ def test_push_again_changes_nothing(fake_hub, two_configs):
     root, _ = two_configs
     push(root, REPO)
     commits, uploads = fake_hub.commits(REPO), fake_hub.count("lfs_upload")
-    result = hub.push_folder(root, REPO)
+    result = push(root, REPO)
     assert fake_hub.commits(REPO) == commits
     assert fake_hub.count("lfs_upload") == uploads
     assert result.uploaded == () and result.deleted == () and not result.card_updated and result.commits == 0
@@ -178,75 +127,84 @@ def test_push_again_changes_nothing(fake_hub, two_configs):
 
 
 # ---------------------------------------------------------------- one config at a time, card merging
-def test_push_one_config_replaces_only_its_files_and_merges_the_card(fake_hub, two_configs, tmp_path):
+def test_push_one_config_replaces_only_its_files_and_merges_the_card(fake_hub, two_configs, twin_dirs, copy_of,
+                                                                     tmp_path):
     root, _ = two_configs
     push(root, REPO)
     before = remote_files(fake_hub)
 
-    # A newer build of beta alone, with more train shards (so the old shard name goes stale) and its own default.
+    # A newer build of the VD twins alone (epochs 0..2 only), with more train shards (so the old shard name goes
+    # stale) and its own card, whose default is the twins.
+    newer = copy_of(twin_dirs["vd"].path)
+    meta = pq.read_table(newer / "metadata.parquet")
+    pq.write_table(meta.filter(pa.array(meta.column("epoch").to_numpy() <= 2)), newer / "metadata.parquet")
     new = tmp_path / "new"
-    beta = build_repo(new, {"beta_cnn_seed": {"seed": 7, "models": 20, "shards": {"train": 3}}},
-                      default="beta_cnn_seed")["beta_cnn_seed"]
-    result = hub.push_folder(new, REPO, config="beta_cnn_seed")
+    build_repo([newer], new, progress=False, max_file_bytes=8 * 5000 * 4)
+    assert len(list((new / "data" / VD).glob("train-*.parquet"))) > 1
+    result = push(new, REPO, config=VD)
 
     after = remote_files(fake_hub)
-    alpha = {p: b for p, b in before.items() if p.startswith("data/alpha_cnn_seed/")}
-    assert {p: b for p, b in after.items() if p.startswith("data/alpha_cnn_seed/")} == alpha
-    assert {p: b for p, b in after.items() if p.startswith("data/beta_cnn_seed/")} == \
-        {p: b for p, b in local_files(new).items() if p.startswith("data/beta_cnn_seed/")}
-    assert "data/beta_cnn_seed/train-00000-of-00002.parquet" in result.deleted
+    zoo = {p: b for p, b in before.items() if p.startswith(f"data/{ZOO}/")}
+    assert {p: b for p, b in after.items() if p.startswith(f"data/{ZOO}/")} == zoo
+    assert {p: b for p, b in after.items() if p.startswith(f"data/{VD}/")} == \
+        {p: b for p, b in local_files(new).items() if p.startswith(f"data/{VD}/")}
+    assert f"data/{VD}/train-00000-of-00001.parquet" in result.deleted
     assert len(fake_hub.commits(REPO)) == 3  # one atomic commit for data, deletions and card
 
     meta, body = split_card(after["README.md"].decode())
-    assert [c["config_name"] for c in meta["configs"]] == ["alpha_cnn_seed", "beta_cnn_seed"]
-    assert [c["config_name"] for c in meta["configs"] if c.get("default")] == ["alpha_cnn_seed"]  # remote default
-    assert "About alpha_cnn_seed, built from repo." in body  # remote-only section kept
-    assert "About beta_cnn_seed, built from new." in body and "beta_cnn_seed, built from repo" not in body
-    assert body.count("<!-- config:alpha_cnn_seed start -->") == body.count("<!-- config:beta_cnn_seed end -->") == 1
+    assert [c["config_name"] for c in meta["configs"]] == [ZOO, VD]
+    assert [c["config_name"] for c in meta["configs"] if c.get("default")] == [ZOO]  # the remote default
+    assert section(body, ZOO) == section(before["README.md"].decode(), ZOO)  # remote-only section kept
+    assert "epochs 0–2 of the protocol's 25" in section(body, VD)  # the pushed config's section replaced
+    assert "epochs 0–3" not in section(body, VD)
+    assert body.count(f"<!-- config:{ZOO} start -->") == body.count(f"<!-- config:{VD} end -->") == 1
 
     HfFileSystem.clear_instance_cache()
-    assert datasets.get_dataset_config_names(REPO) == ["alpha_cnn_seed", "beta_cnn_seed"]
-    ds = load("beta_cnn_seed")
-    np.testing.assert_array_equal(ds.with_format("numpy")["weights"], weights(beta["train"].to_pylist()))
+    assert datasets.get_dataset_config_names(REPO) == [ZOO, VD]
+    ds = load(VD)
+    np.testing.assert_array_equal(ds.with_format("numpy")["weights"], table_weights(read_config(new, VD)["train"]))
 
 
-def test_push_whole_folder_keeps_remote_only_configs(fake_hub, two_configs, tmp_path):
+def test_push_whole_folder_keeps_remote_only_configs(fake_hub, two_configs, twin_dirs, tmp_path):
     root, _ = two_configs
     push(root, REPO)
-    new = tmp_path / "gamma"
-    build_repo(new, {"gamma_cnn_seed": {"seed": 3}}, default="gamma_cnn_seed")
+    new = tmp_path / "mp"
+    build_repo([twin_dirs["mp"].path], new, progress=False)
     push(new, REPO)
     meta, body = split_card(fake_hub.files(REPO)["README.md"].decode())
-    assert [c["config_name"] for c in meta["configs"]] == ["alpha_cnn_seed", "beta_cnn_seed", "gamma_cnn_seed"]
-    assert [c["config_name"] for c in meta["configs"] if c.get("default")] == ["alpha_cnn_seed"]
-    assert all(f"About {c}" in body for c in ("alpha_cnn_seed", "beta_cnn_seed", "gamma_cnn_seed"))
+    assert [c["config_name"] for c in meta["configs"]] == [ZOO, VD, MP]
+    assert [c["config_name"] for c in meta["configs"] if c.get("default")] == [ZOO]
+    assert all(f"### {c}" in body for c in (ZOO, VD, MP))
     assert set(remote_files(fake_hub)) >= {p for p in local_files(root) if p.startswith("data/")}
 
 
 def test_merge_card_rules():
-    def card(configs, default=None, body="", **extra):
+    def config_section(name, text):
+        return f"<!-- config:{name} start -->\n{text}\n<!-- config:{name} end -->"
+
+    def make(configs, default=None, body="", **extra):
         meta = {**extra, "configs": [{"config_name": c, **({"default": True} if c == default else {}),
                                       "data_files": f"data/{c}/*.parquet"} for c in configs]}
-        return hub.join_card(meta, body)
+        return join_card(meta, body)
 
-    local = card(["b", "c"], default="c", license="cc-by-4.0",
+    local = make(["b", "c"], default="c", license="cc-by-4.0",
                  body="intro\n\n" + config_section("b", "new b") + "\n" + config_section("c", "new c") + "\nend\n")
-    remote = card(["a", "b"], body=config_section("a", "old a") + config_section("b", "old b"), language="en")
-    meta, body = split_card(merge_card(local, remote))
+    remote = make(["a", "b"], body=config_section("a", "old a") + config_section("b", "old b"), language="en")
+    meta, body = split_card(card.merge(local, remote))
     assert [c["config_name"] for c in meta["configs"]] == ["a", "b", "c"]
     assert [c["config_name"] for c in meta["configs"] if c.get("default")] == ["c"]  # no remote default: local one
     assert meta["license"] == "cc-by-4.0" and meta["language"] == "en"
     assert body.startswith("intro\n\n") and body.endswith("\nend\n")
     assert body.index("old a") < body.index("new b") < body.index("new c") and "old b" not in body
 
-    meta, _ = split_card(merge_card(local, card(["a"], default="a"), configs=["b"]))
+    meta, _ = split_card(card.merge(local, make(["a"], default="a"), configs=["b"]))
     assert [(c["config_name"], c.get("default", False)) for c in meta["configs"]] == [("a", True), ("b", False)]
     # a local body without markers gets the remote-only sections appended
-    _, body = split_card(merge_card(card(["b"], default="b", body="plain\n"), remote))
+    _, body = split_card(card.merge(make(["b"], default="b", body="plain\n"), remote))
     assert body == "plain\n\n" + config_section("a", "old a") + "\n"
-    assert merge_card(local, None) == local
+    assert card.merge(local, None) == local
     with pytest.raises(ValueError, match="YAML"):
-        merge_card(local, "---\nconfigs: [\n---\n")
+        card.merge(local, "---\nconfigs: [\n---\n")
 
 
 # ---------------------------------------------------------------- interruptions
@@ -264,7 +222,7 @@ def test_interrupted_lfs_upload_then_rerun_completes(fake_hub, two_configs):
     push(root, REPO)
     assert remote_files(fake_hub) == local_files(root)
     assert fake_hub.count("lfs_upload") - puts == len(parquet) - 1  # the blob already uploaded is not sent again
-    assert fake_hub.commits(REPO)[1:] == ["Upload alpha_cnn_seed, beta_cnn_seed with modelzoos"]
+    assert fake_hub.commits(REPO)[1:] == [f"Upload {ZOO}, {VD} with modelzoos"]
 
 
 def test_interrupted_multi_commit_push_keeps_old_card_and_resumes(fake_hub, two_configs, monkeypatch):
@@ -276,7 +234,7 @@ def test_interrupted_multi_commit_push_keeps_old_card_and_resumes(fake_hub, two_
     partial = remote_files(fake_hub)
     assert 0 < len(partial) < len(local_files(root)) and "README.md" not in partial
 
-    result = hub.push_folder(root, REPO)
+    result = push(root, REPO)
     assert remote_files(fake_hub) == local_files(root)
     assert not set(result.uploaded) & set(partial)  # committed files were skipped
     titles = fake_hub.commits(REPO)
@@ -303,21 +261,20 @@ def test_unauthorised_token_gives_login_hint_without_the_token(fake_hub, two_con
     message = str(info.value)
     assert "hf auth login" in message and "HF_TOKEN" in message and f"HTTP {status}" in message
 
-    code = hub.cli_push(argparse.Namespace(repo_dir=str(root), repo_id=REPO, config=None, private=False))
-    assert code == 1
+    assert main(["push", str(root), "--repo-id", REPO]) == 2
     out, err = capsys.readouterr()
-    assert "hf auth login" in err
+    assert err.startswith("error: ") and "hf auth login" in err
     for text in (message, repr(info.value), out, err, caplog.text, str(info.value.__cause__)):
         assert fake_hub.token not in text
     assert fake_hub.repos == {}
 
 
-def test_read_only_token_leaves_the_repo_unchanged(fake_hub, two_configs, tmp_path):
+def test_read_only_token_leaves_the_repo_unchanged(fake_hub, two_configs, twin_dirs, tmp_path):
     root, _ = two_configs
     push(root, REPO)
     before = fake_hub.files(REPO)
-    new = tmp_path / "gamma"
-    build_repo(new, {"gamma_cnn_seed": {}}, default="gamma_cnn_seed")
+    new = tmp_path / "mp"
+    build_repo([twin_dirs["mp"].path], new, progress=False)
     fake_hub.reject_token(fake_hub.token, 403)
     with pytest.raises(HubAuthError, match="HTTP 403"):
         push(new, REPO)
@@ -391,37 +348,43 @@ def test_hub_errors_scrub_the_token():
 def corrupt(root: Path, how: str) -> None:
     readme = root / "README.md"
     if how == "zoo_json":
-        (root / "data/alpha_cnn_seed/zoo.json").unlink()
+        (root / f"data/{ZOO}/zoo.json").unlink()
     elif how == "split":
-        for p in (root / "data/beta_cnn_seed").glob("validation-*.parquet"):
+        for p in (root / f"data/{VD}").glob("validation-*.parquet"):
             p.unlink()
     elif how == "footer":
-        path = root / "data/alpha_cnn_seed/test-00000-of-00001.parquet"
+        path = root / f"data/{ZOO}/test-00000-of-00001.parquet"
         path.write_bytes(path.read_bytes()[:-12])
     elif how == "two_defaults":
-        readme.write_text(readme.read_text().replace("- config_name: beta_cnn_seed\n",
-                                                     "- config_name: beta_cnn_seed\n  default: true\n"))
+        entry = f"- config_name: {VD}\n"
+        readme.write_text(readme.read_text().replace(entry, entry + "  default: true\n"))
     elif how == "yaml":
         readme.write_text("---\nconfigs: [\n---\nbody\n")
     elif how == "unlisted":
         (root / "data/stray").mkdir()
     elif how == "bad_name":
-        readme.write_text(readme.read_text().replace("config_name: beta_cnn_seed", "config_name: Beta-CNN"))
+        readme.write_text(readme.read_text().replace(f"config_name: {VD}", "config_name: Beta-CNN"))
+    elif how == "schema":  # a shard of another config in the place of the zoo's first shard
+        shutil.copy(root / f"data/{VD}/train-00000-of-00001.parquet", root / f"data/{ZOO}/train-00000-of-00001.parquet")
+    elif how == "stray_file":
+        (root / f"data/{ZOO}/private-notes.txt").write_text("not for the Hub")
 
 
 @pytest.mark.parametrize("how, expected", [
-    ("zoo_json", "zoo.json is missing"), ("split", "split 'validation': no Parquet file"),
-    ("footer", "unreadable Parquet footer"), ("two_defaults", "exactly one config must have `default: true`"),
-    ("yaml", "YAML header does not parse"), ("unlisted", "stray is not a config listed"),
-    ("bad_name", "names must match"),
+    ("zoo_json", "zoo.json is missing"), ("split", "no validation-*.parquet file"),
+    ("footer", "not a readable Parquet file"), ("two_defaults", "exactly one config must have `default: true`"),
+    ("yaml", "YAML header does not parse"), ("unlisted", "stray is not listed in README.md's configs"),
+    ("bad_name", "a zoo or config name must match"), ("schema", "its `modelzoos` schema metadata differs"),
+    ("stray_file", "files that are not shards of this format: ['private-notes.txt']"),
 ])
-def test_invalid_folder_raises_value_error_before_any_request(fake_hub, two_configs, how, expected):
+def test_invalid_folder_raises_before_any_request(fake_hub, two_configs, how, expected):
     root, _ = two_configs
-    assert validate_folder(root) == []
+    assert validate_repo(root) == [ZOO, VD]
     corrupt(root, how)
-    problems = validate_folder(root)
-    assert any(expected in p for p in problems), problems
-    with pytest.raises(ValueError, match="nothing was uploaded") as info:
+    with pytest.raises(RepositoryError) as info:
+        validate_repo(root)
+    assert expected in str(info.value)
+    with pytest.raises(RepositoryError) as info:
         push(root, REPO)
     assert expected in str(info.value)
     assert fake_hub.requests == []
@@ -429,28 +392,9 @@ def test_invalid_folder_raises_value_error_before_any_request(fake_hub, two_conf
 
 def test_unknown_config_is_a_validation_error(fake_hub, two_configs):
     root, _ = two_configs
-    with pytest.raises(ValueError, match="config 'gamma' is not in"):
+    with pytest.raises(RepositoryError, match="config 'gamma' is not in"):
         push(root, REPO, config="gamma")
     assert fake_hub.requests == []
-
-
-def test_publish_validator_is_consulted_when_present(fake_hub, two_configs, monkeypatch):
-    root, _ = two_configs
-    monkeypatch.setattr(hub, "_publish_problems", PUBLISH_PROBLEMS)
-    publish = types.ModuleType("modelzoos.publish")
-
-    def validate_repo(path):  # the contract of modelzoos.publish: raise ValueError, else return the config names
-        raise ValueError(f"{Path(path).name}: weights column is not fixed_size_list")
-
-    publish.validate_repo = validate_repo
-    monkeypatch.setitem(sys.modules, "modelzoos.publish", publish)
-    with pytest.raises(ValueError, match="repo: weights column is not fixed_size_list"):
-        push(root, REPO)
-    assert fake_hub.requests == []
-    publish.validate_repo = lambda path: ["alpha_cnn_seed", "beta_cnn_seed"]
-    assert hub._publish_problems(root) == []
-    del publish.validate_repo
-    assert hub._publish_problems(root) == []
 
 
 # ---------------------------------------------------------------- options and the command line
@@ -466,11 +410,11 @@ def test_private_repo_and_branch(fake_hub, two_configs):
 
 def test_cli_push_prints_uploads_and_load_line(fake_hub, two_configs, capsys):
     root, _ = two_configs
-    code = hub.cli_push(argparse.Namespace(repo_dir=str(root), repo_id=REPO, config="beta_cnn_seed", private=False))
+    assert main(["push", str(root), "--repo-id", REPO, "--config", VD]) == 0
     out = capsys.readouterr().out
-    assert code == 0
+    files = len([p for p in local_files(root) if p.startswith(f"data/{VD}/")])
     assert "pushed 1 config(s) to org/zoos" in out
-    assert "beta_cnn_seed: 5 file(s) uploaded" in out
-    assert 'load_dataset("org/zoos", "beta_cnn_seed")' in out
+    assert f"{VD}: {files} file(s) uploaded" in out
+    assert f'load_dataset("org/zoos", "{VD}")' in out
     assert fake_hub.token not in out
-    assert not any(p.startswith("data/alpha_cnn_seed/") for p in remote_files(fake_hub))
+    assert not any(p.startswith(f"data/{ZOO}/") for p in remote_files(fake_hub))

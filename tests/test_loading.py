@@ -1,9 +1,10 @@
 """The read side of a published zoo: load_dataset on a repository folder, zoo.json, modules that reproduce
 their recorded test accuracy, batched Arrow access for DataLoader workers, streaming and node splitting.
 
-The repository folder is written here by a small stand-in for the real builder (docs/hub_format.md), from
-a real 8-model × 2-epoch digits zoo (8 models: with 6 the validation split would hold no model, and a
-Parquet file without rows makes load_dataset fail).
+The repository folder is written here by a small stand-in for the real builder (docs/hub_format.md), with
+record batches of 2 rows, from the first 8 models × epochs 0..2 of the suite's digits zoo (8 models: with 6
+the validation split would hold no model, and a Parquet file without rows makes load_dataset fail); the
+real builder's folders are read in tests/test_publish.py and tests/test_hub.py.
 """
 
 import json
@@ -24,7 +25,7 @@ from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 
 from modelzoos.catalogue import get_zoo
-from modelzoos.export import HYPERPARAMETERS, ZooDir, generate
+from modelzoos.export import HYPERPARAMETERS, ZooDir
 from modelzoos.loading import (
     ConfigInfo,
     WeightsDataset,
@@ -39,6 +40,7 @@ from modelzoos.training import METRICS
 
 CONFIG = "digits_cnn_seed"
 SPLITS = ("train", "validation", "test")
+MODELS, EPOCHS = 8, 2  # the part of the shared zoo written here
 _TYPES = {"seed": pa.int64(), "batch_size": pa.int64(), "epochs": pa.int64(), "lr": pa.float64(),
           "weight_decay": pa.float64(), "dropout": pa.float64()}
 
@@ -58,9 +60,10 @@ def _schema(dim: int) -> pa.Schema:
 
 
 def write_repo(zd: ZooDir, root: Path, shards: int = 1) -> Path:
-    """Write ``zd`` as config ``CONFIG`` of a repository folder, ``shards`` Parquet files per split."""
-    meta = zd.metadata
-    weights = dict(zd.weights())
+    """Write the first ``MODELS`` models × epochs 0..``EPOCHS`` of ``zd`` as config ``CONFIG`` of a repository
+    folder, ``shards`` Parquet files per split."""
+    meta = zd.metadata[(zd.metadata.model_id < MODELS) & (zd.metadata.epoch <= EPOCHS)]
+    weights = dict(zd.weights(meta.index))
     dim = zd.layout.size
     ids = sorted(int(i) for i in meta.model_id.unique())
     random.Random(42).shuffle(ids)
@@ -104,11 +107,6 @@ def write_repo(zd: ZooDir, root: Path, shards: int = 1) -> Path:
 
 
 pytestmark = pytest.mark.usefixtures("hf_offline")  # conftest: offline, temporary HF caches
-
-@pytest.fixture(scope="module")
-def zoo_dir(tmp_path_factory):
-    return generate(get_zoo(CONFIG), tmp_path_factory.mktemp("zoo") / "zoo", models=8, epochs=2, progress=False)
-
 
 @pytest.fixture(scope="module")
 def source(zoo_dir):
@@ -401,13 +399,15 @@ def test_load_zoo_columns_and_filters(repo, info):
     assert set(load_dataset(str(repo))) == set(SPLITS)  # the README's default config
 
 
-def test_load_zoo_reads_a_rebuilt_local_folder_afresh(tmp_path):
+def test_load_zoo_reads_a_rebuilt_local_folder_afresh(zoo_dir, copy_of, tmp_path):
     from modelzoos.publish import build_repo
 
+    early = copy_of(zoo_dir.path)  # the same zoo with its epochs 0..1 only
+    meta = pq.read_table(early / "metadata.parquet")
+    pq.write_table(meta.filter(pa.array(meta.column("epoch").to_numpy() <= 1)), early / "metadata.parquet")
     repo = tmp_path / "repo"
-    for epochs in (1, 2):  # the same folder, card and config, other rows
-        zd = generate(get_zoo("digits_cnn_seed"), tmp_path / f"zoo{epochs}", models=7, epochs=epochs, progress=False)
-        build_repo([zd.path], repo, progress=False)
+    for zd, epochs in ((early, 1), (zoo_dir.path, 3)):  # the same folder, card and config, other rows
+        build_repo([zd], repo, progress=False)
         rows = load_zoo(repo, "digits_cnn_seed", split="train")
-        assert len(rows) == 4 * (epochs + 1)  # 4 training models × epochs 0..E
+        assert len(rows) == 14 * (epochs + 1)  # 14 training models × epochs 0..E
         assert sorted(set(rows["epoch"])) == list(range(epochs + 1))

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from modelzoos.catalogue import get_zoo
-from modelzoos.export import ZooDir, generate
+from modelzoos.export import ZooDir
+from modelzoos.generate import generate
 from modelzoos.population import train_population
 from modelzoos.training import train_reference
 

@@ -1,6 +1,5 @@
 """modelzoos.publish: zoo directories → Hub repository folder (docs/hub_format.md), its card and its validation."""
 
-import argparse
 import json
 import math
 import random
@@ -18,19 +17,30 @@ import pytest
 import yaml
 from huggingface_hub import DatasetCard
 
-from modelzoos import publish
-from modelzoos.catalogue import get_zoo
-from modelzoos.export import METADATA_SCHEMA, ZooDir, ZooFileError, generate
+from modelzoos import card, publish
+from modelzoos.catalogue import check_name, get_zoo
+from modelzoos.cli import main
+from modelzoos.export import METADATA_SCHEMA, ZooDir, ZooFileError
+from modelzoos.generate import generate
+from modelzoos.repository import (
+    COLUMNS,
+    MAX_FILE_BYTES,
+    ROW_GROUP_BYTES,
+    SPLITS,
+    ConfigInfo,
+    split_models,
+    validate_repo,
+    vector_leaf,
+)
 from modelzoos.training import METRICS
 
 OTHER = "digits_tiny_relu"  # the second zoo: a user spec, 8 models
 
 
 @pytest.fixture(scope="module")
-def zoo_a(tmp_path_factory) -> ZooDir:
-    """digits_cnn_seed, 10 models × epochs 0..2 (30 states)."""
-    return generate(get_zoo("digits_cnn_seed"), tmp_path_factory.mktemp("zoo") / "a", models=10, epochs=2,
-                    progress=False)
+def zoo_a(zoo_dir) -> ZooDir:
+    """The suite's digits_cnn_seed zoo (conftest): 20 models × epochs 0..3 (80 states)."""
+    return zoo_dir
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +112,9 @@ def test_load_dataset_reproduces_every_row_bitwise(repo, zoo_a, zoo_b, offline):
     for zd in (zoo_a, zoo_b):
         expected = _zoo_rows(zd)
         seen = set()
-        for split in publish.SPLITS:
+        for split in SPLITS:
             ds = datasets.load_dataset(str(repo), zd.zoo.name, split=split, cache_dir=str(offline))
-            assert ds.features == publish.features(zd.layout.size)
+            assert ds.features == ConfigInfo.read(repo / "data" / zd.zoo.name / "zoo.json").features
             table = ds.with_format("numpy")[:]
             keys = list(zip(table["model_id"].tolist(), table["epoch"].tolist(), strict=True))
             assert keys == sorted(keys), "rows sorted by (model_id, epoch)"
@@ -112,7 +122,7 @@ def test_load_dataset_reproduces_every_row_bitwise(repo, zoo_a, zoo_b, offline):
                 meta, weights = expected[key]
                 got = table["weights"][k]
                 assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), weights.view(np.uint32))
-                for col in [f.name for f in publish.COLUMNS]:
+                for col in [f.name for f in COLUMNS]:
                     value = table[col][k]
                     if isinstance(meta[col], float) and math.isnan(meta[col]):
                         assert math.isnan(value), col
@@ -126,18 +136,18 @@ def test_streaming_columns_and_filters(repo, zoo_a, offline):
     cfg = json.loads((repo / "data" / "digits_cnn_seed" / "zoo.json").read_text())
     stream = datasets.load_dataset(str(repo), "digits_cnn_seed", split="train", streaming=True, cache_dir=str(offline))
     rows = list(stream)
-    assert len(rows) == cfg["num_rows"]["train"] == 7 * 3
+    assert len(rows) == cfg["num_rows"]["train"] == 14 * 4
     assert len(rows[0]["weights"]) == zoo_a.layout.size
     meta = datasets.load_dataset(str(repo), "digits_cnn_seed", split="train", columns=["model_id", "epoch", "test_acc"],
                                  cache_dir=str(offline))
-    assert meta.column_names == ["model_id", "epoch", "test_acc"] and len(meta) == 21
-    last = datasets.load_dataset(str(repo), "digits_cnn_seed", split="test", filters=[("epoch", "==", 2)],
+    assert meta.column_names == ["model_id", "epoch", "test_acc"] and len(meta) == 14 * 4
+    last = datasets.load_dataset(str(repo), "digits_cnn_seed", split="test", filters=[("epoch", "==", 3)],
                                  cache_dir=str(offline))
-    assert set(last["epoch"]) == {2} and sorted(last["model_id"]) == cfg["splits"]["test"]
+    assert set(last["epoch"]) == {3} and sorted(last["model_id"]) == cfg["splits"]["test"]
     streamed = datasets.load_dataset(str(repo), "digits_cnn_seed", split="validation", streaming=True,
-                                     columns=["model_id", "epoch"], filters=[("epoch", "==", 2)],
+                                     columns=["model_id", "epoch"], filters=[("epoch", "==", 3)],
                                      cache_dir=str(offline))
-    assert list(streamed) == [{"model_id": m, "epoch": 2} for m in cfg["splits"]["validation"]]
+    assert list(streamed) == [{"model_id": m, "epoch": 3} for m in cfg["splits"]["validation"]]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -150,9 +160,9 @@ def test_split_recipe(n):
     ids = list(range(n))
     random.Random(42).shuffle(ids)
     a, b = math.floor(0.7 * n + 1e-9), math.floor(0.15 * n + 1e-9)
-    splits = publish.split_models(range(n))
+    splits = split_models(range(n))
     assert splits == {"train": sorted(ids[:a]), "validation": sorted(ids[a : a + b]), "test": sorted(ids[a + b :])}
-    assert publish.split_models(reversed(range(n))) == splits  # depends on the ids, not their order
+    assert split_models(reversed(range(n))) == splits  # depends on the ids, not their order
 
 
 def test_splits_by_model(repo, zoo_a, zoo_b):
@@ -160,10 +170,10 @@ def test_splits_by_model(repo, zoo_a, zoo_b):
         cdir = repo / "data" / zd.zoo.name
         cfg = json.loads((cdir / "zoo.json").read_text())
         n = zd.metadata.model_id.nunique()
-        assert [len(cfg["splits"][s]) for s in publish.SPLITS] == [n * 7 // 10, n * 15 // 100,
+        assert [len(cfg["splits"][s]) for s in SPLITS] == [n * 7 // 10, n * 15 // 100,
                                                                    n - n * 7 // 10 - n * 15 // 100]
         owner = {}
-        for split in publish.SPLITS:
+        for split in SPLITS:
             ids = set()
             for f in cdir.glob(f"{split}-*.parquet"):
                 ids |= set(pq.read_table(f, columns=["model_id"]).column("model_id").to_pylist())
@@ -175,7 +185,7 @@ def test_splits_by_model(repo, zoo_a, zoo_b):
         assert cfg["layout"] == zd.info["layout"] and cfg["zoo"] == json.loads(json.dumps(zd.zoo.to_dict()))
         assert cfg["data"] == zd.info["data"] and cfg["config"] == zd.zoo.name
         epochs = len(cfg["epochs"])
-        assert cfg["num_rows"] == {s: len(cfg["splits"][s]) * epochs for s in publish.SPLITS}
+        assert cfg["num_rows"] == {s: len(cfg["splits"][s]) * epochs for s in SPLITS}
 
 
 def test_parquet_encoding_and_metadata(repo):
@@ -183,24 +193,25 @@ def test_parquet_encoding_and_metadata(repo):
     assert len(files) == 6
     for f in files:
         cfg = json.loads((f.parent / "zoo.json").read_text())
-        dim = cfg["layout"][-1]["offset"] + math.prod(cfg["layout"][-1]["shape"])
+        info = ConfigInfo.from_json(cfg, str(f.parent / "zoo.json"))
+        dim = info.layout.size
         pf = pq.ParquetFile(f)
         md = pf.metadata
         assert md.num_row_groups >= min(2, md.num_rows)
         for g in range(md.num_row_groups):
             rg = md.row_group(g)
-            assert rg.num_rows * dim * 4 <= publish.ROW_GROUP_BYTES
+            assert rg.num_rows * dim * 4 <= ROW_GROUP_BYTES
             cols = {rg.column(i).path_in_schema: rg.column(i) for i in range(rg.num_columns)}
-            w = cols[publish.WEIGHTS_COLUMN_PATH]
+            w = cols[vector_leaf("weights")]
             assert "BYTE_STREAM_SPLIT" in w.encodings and not w.has_dictionary_page
             assert "PLAIN_DICTIONARY" not in w.encodings and "RLE_DICTIONARY" not in w.encodings
             assert all(c.compression == "ZSTD" for c in cols.values())
             assert w.has_offset_index and w.has_column_index  # page index
         schema = pf.schema_arrow
         assert schema.names == [f.name for f in METADATA_SCHEMA if not f.name.startswith("weights_")] + ["weights"]
-        assert datasets.Features.from_arrow_schema(schema) == publish.features(dim)
+        assert datasets.Features.from_arrow_schema(schema) == info.features
         hf = json.loads(schema.metadata[b"huggingface"])
-        assert hf == {"info": {"features": publish.features(dim).to_dict()}}
+        assert hf == {"info": {"features": info.features.to_dict()}}
         assert json.loads(schema.metadata[b"modelzoos"]) == cfg
 
 
@@ -217,7 +228,7 @@ def test_plan_shards_respects_bounds():
             assert all(g >= 1 and (g == 1 or g * dim * 4 <= rgb) for g in groups)
             assert len(groups) >= 2 or file_rows <= 1
     resnet = publish.plan_shards(1000 * 51, 11_173_962)  # ResNet-18 train split: one row per row group
-    assert {g for f in resnet for g in f} == {1} and max(map(len, resnet)) * 11_173_962 * 4 <= publish.MAX_FILE_BYTES
+    assert {g for f in resnet for g in f} == {1} and max(map(len, resnet)) * 11_173_962 * 4 <= MAX_FILE_BYTES
 
 
 def test_small_bounds_give_several_shards_and_row_groups(tmp_path, zoo_a, monkeypatch, offline):
@@ -245,19 +256,19 @@ def test_small_bounds_give_several_shards_and_row_groups(tmp_path, zoo_a, monkey
                        max_file_bytes=max_file)
     assert max(built) <= group_rows and max(written) <= group_rows
     assert sum(built) == sum(written) == len(zoo_a)
-    names = sorted(f.name for f in _files(repo))
-    assert names == ["test-00000-of-00001.parquet", "train-00000-of-00003.parquet", "train-00001-of-00003.parquet",
-                     "train-00002-of-00003.parquet", "validation-00000-of-00001.parquet"]
+    names = sorted(f.name for f in _files(repo))  # 14 / 3 / 3 models × 4 epochs: 56 / 12 / 12 rows, 8 per file
+    assert names == sorted([*(f"train-{i:05d}-of-00007.parquet" for i in range(7)),
+                            *(f"{s}-{i:05d}-of-00002.parquet" for s in ("validation", "test") for i in range(2))])
     for f in _files(repo):
         md = pq.ParquetFile(f).metadata
         assert md.num_rows <= 8 and md.num_row_groups >= 2
         assert all(md.row_group(g).num_rows <= group_rows for g in range(md.num_row_groups))
-    assert publish.validate_repo(repo) == ["digits_cnn_seed"]
+    assert validate_repo(repo) == ["digits_cnn_seed"]
     stream = datasets.load_dataset(str(repo), "digits_cnn_seed", split="train", streaming=True, cache_dir=str(offline))
-    assert stream.num_shards == 3
+    assert stream.num_shards == 7
     assert [(r["model_id"], r["epoch"]) for r in stream] == [
         (m, e) for m in json.loads((repo / "data/digits_cnn_seed/zoo.json").read_text())["splits"]["train"]
-        for e in range(3)]
+        for e in range(4)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -273,7 +284,7 @@ def test_adding_a_config_keeps_the_others_and_rebuilding_replaces(tmp_path, zoo_
     assert len([n for n in before if n.startswith("train-")]) > 1
     assert publish.build_repo([zoo_b.path], repo, progress=False) == [OTHER]
     assert _snapshot(repo / "data" / "digits_cnn_seed") == before
-    assert publish.validate_repo(repo) == ["digits_cnn_seed", OTHER]
+    assert validate_repo(repo) == ["digits_cnn_seed", OTHER]
     card = (repo / "README.md").read_text()
     assert "### digits_cnn_seed" in card and f"### {OTHER}" in card
 
@@ -282,7 +293,7 @@ def test_adding_a_config_keeps_the_others_and_rebuilding_replaces(tmp_path, zoo_
     assert sorted(after) == ["test-00000-of-00001.parquet", "train-00000-of-00001.parquet",
                              "validation-00000-of-00001.parquet", "zoo.json"]
     assert after["zoo.json"] == before["zoo.json"]
-    assert publish.validate_repo(repo) == ["digits_cnn_seed", OTHER]
+    assert validate_repo(repo) == ["digits_cnn_seed", OTHER]
     assert not [p for p in repo.rglob(".*")], "no temporary file left behind"
 
 
@@ -293,9 +304,9 @@ def test_adding_a_config_keeps_the_others_and_rebuilding_replaces(tmp_path, zoo_
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", "a\\b", "Upper", "_x", "", "x.y", "x-y", " x", None])
 def test_config_name_check(name):
-    with pytest.raises(ValueError, match="config name"):
-        publish.check_config_name(name, "somewhere/zoo.json")
-    assert publish.check_config_name("cifar10_cnn_seed", "x") == "cifar10_cnn_seed"
+    with pytest.raises(ValueError, match=r"somewhere/zoo\.json: name .* is invalid; a zoo or config name must match"):
+        check_name(name, "somewhere/zoo.json")
+    assert check_name("cifar10_cnn_seed", "x") == "cifar10_cnn_seed"
 
 
 def test_two_zoo_dirs_for_one_config(tmp_path, zoo_a):
@@ -341,7 +352,7 @@ def repo_copy(tmp_path, repo) -> Path:
 
 
 def test_validate_repo_accepts_the_build(repo):
-    assert publish.validate_repo(repo) == ["digits_cnn_seed", OTHER]
+    assert validate_repo(repo) == ["digits_cnn_seed", OTHER]
 
 
 def test_validate_repo_names_a_corrupt_parquet_file(repo_copy):
@@ -349,7 +360,7 @@ def test_validate_repo_names_a_corrupt_parquet_file(repo_copy):
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="not a readable Parquet file") as err:
-        publish.validate_repo(repo_copy)
+        validate_repo(repo_copy)
     assert str(victim) in str(err.value)
 
 
@@ -358,7 +369,7 @@ def test_validate_repo_rejects_two_defaults(repo_copy):
     entry = f"- config_name: {OTHER}\n"
     readme.write_text(readme.read_text().replace(entry, entry + "  default: true\n"))
     with pytest.raises(ValueError, match="exactly one config must have `default: true`, found 2"):
-        publish.validate_repo(repo_copy)
+        validate_repo(repo_copy)
 
 
 def test_validate_repo_lists_every_problem(repo_copy):
@@ -367,7 +378,7 @@ def test_validate_repo_lists_every_problem(repo_copy):
         f.unlink()
     (repo_copy / "data" / "stray").mkdir()
     with pytest.raises(ValueError) as err:
-        publish.validate_repo(repo_copy)
+        validate_repo(repo_copy)
     msg = str(err.value)
     assert f"{repo_copy / 'data' / OTHER / 'zoo.json'} is missing" in msg
     assert "no validation-*.parquet file" in msg
@@ -380,14 +391,14 @@ def test_validate_repo_rejects_a_model_in_two_splits(repo_copy):
     cfg["splits"]["test"].append(cfg["splits"]["train"][0])
     path.write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=f"model {cfg['splits']['train'][0]} is in both train and test"):
-        publish.validate_repo(repo_copy)
+        validate_repo(repo_copy)
 
 
 def test_validate_repo_rejects_a_bad_config_name(repo_copy):
     readme = repo_copy / "README.md"
     readme.write_text(readme.read_text().replace(f"config_name: {OTHER}", "config_name: ../evil"))
-    with pytest.raises(ValueError, match=re.escape("config name '../evil' is invalid")):
-        publish.validate_repo(repo_copy)
+    with pytest.raises(ValueError, match=re.escape("name '../evil' is invalid")):
+        validate_repo(repo_copy)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -407,7 +418,7 @@ def test_card_yaml(repo):
     assert [c.get("default", False) for c in meta["configs"]] == [True, False]
     for c in meta["configs"]:
         name = c["config_name"]
-        assert c["data_files"] == [{"split": s, "path": f"data/{name}/{s}-*.parquet"} for s in publish.SPLITS]
+        assert c["data_files"] == [{"split": s, "path": f"data/{name}/{s}-*.parquet"} for s in SPLITS]
     card = DatasetCard(text)
     assert card.data.license == "cc-by-4.0" and card.data.pretty_name == "Model Zoos"
     assert card.data.size_categories == ["n<1K"]
@@ -427,7 +438,7 @@ def test_card_body_describes_every_config(repo, zoo_a, zoo_b):
         assert zoo.description in section
         assert (f"`{zoo.source}`" if zoo.source else "not a zoo of the original release") in section
         assert f"{cfg['num_models']} models, {len(zd)} states" in section
-        for split in publish.SPLITS:
+        for split in SPLITS:
             assert f"| {split} | {len(cfg['splits'][split])} | {cfg['num_rows'][split]} |" in section
         assert f"`{zoo.architecture}`, {zoo.parameters:,} parameters" in section
         assert f"D = {zd.layout.size:,}" in section and "input 1×28×28" in section
@@ -438,7 +449,7 @@ def test_card_body_describes_every_config(repo, zoo_a, zoo_b):
         assert "constant learning rate" in section and "`digits` at 28×28" in section
         for note in zoo.notes:
             assert f"- {note}" in section
-        for col in [*(f.name for f in publish.COLUMNS), "weights"]:
+        for col in [*(f.name for f in COLUMNS), "weights"]:
             assert f"| `{col}` |" in section
         assert f"fixed_size_list<float32>[{zd.layout.size}]" in section
         for entry in zd.info["layout"]:
@@ -450,7 +461,7 @@ def test_card_body_describes_every_config(repo, zoo_a, zoo_b):
 
 
 def test_render_card_with_repo_id(repo_copy):
-    text = publish.render_card(repo_copy, repo_id="someorg/model-zoos")
+    text = card.write(repo_copy, repo_id="someorg/model-zoos")
     assert 'load_dataset("someorg/model-zoos", "digits_cnn_seed", split="train")' in text
     assert "ORG/NAME" not in text and (repo_copy / "README.md").read_text() == text
 
@@ -458,7 +469,7 @@ def test_render_card_with_repo_id(repo_copy):
 @pytest.mark.parametrize(("rows", "label"), [(0, "n<1K"), (999, "n<1K"), (1000, "1K<n<10K"), (99_999, "10K<n<100K"),
                                              (2_585_360, "1M<n<10M")])
 def test_size_category(rows, label):
-    assert publish.size_category(rows) == label
+    assert card.size_category(rows) == label
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -468,14 +479,13 @@ def test_size_category(rows, label):
 
 def test_cli_build(tmp_path, zoo_a, capsys):
     repo = tmp_path / "out" / "repo"
-    args = argparse.Namespace(zoo_dirs=[str(zoo_a.path)], repo=str(repo), quiet=True)
-    assert publish.cli_build(args) == 0
+    assert main(["build", str(zoo_a.path), "--repo", str(repo), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "digits_cnn_seed" in out and "train 21 rows (7 models)" in out and "test 6 rows (2 models)" in out
+    assert "digits_cnn_seed" in out and "train 56 rows (14 models)" in out and "test 12 rows (3 models)" in out
     assert "from datasets import load_dataset" in out
     assert f'ds = load_dataset("{repo.resolve()}", "digits_cnn_seed", split="train")' in out
-    assert " KB" in out or " MB" in out
+    assert " kB" in out or " MB" in out
 
 
 def test_metrics_columns_cover_the_zoo_metrics():
-    assert set(METRICS) <= {f.name for f in publish.COLUMNS}
+    assert set(METRICS) <= {f.name for f in COLUMNS}

@@ -9,32 +9,32 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import TWIN_EPOCHS as EPOCHS  # twin epochs of the shared twins (the first 3 of the protocol's 25)
+from conftest import TWIN_MODELS as MODELS  # the twins are those of the first 7 models of the shared zoo
+from conftest import ZOO_MODELS
 
 from modelzoos import export, twins
 from modelzoos.architectures import Layout
 from modelzoos.catalogue import TWIN_EPOCHS, get_zoo
 from modelzoos.cli import main
-from modelzoos.export import METADATA_SCHEMA, ZooDir, ZooFileError, generate
+from modelzoos.export import METADATA_SCHEMA, ZooDir, ZooFileError
 from modelzoos.loading import config_info, evaluate_row, load_zoo
-from modelzoos.publish import SPLITS, build_repo, features, validate_repo
+from modelzoos.publish import build_repo
+from modelzoos.repository import SPLITS, validate_repo
 from modelzoos.twins import TWIN_SCHEMA, log_alpha, mp_sparsity, normal, sparsify
 
-EPOCHS = 3  # twin epochs in these tests (the first 3 of the 25-epoch protocol)
-MODELS = 7
 WEIGHTS = ("conv1.weight", "conv2.weight", "conv3.weight", "fc1.weight", "fc2.weight")
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    """A finished 7-model × 3-epoch digits seed zoo (7: the fewest a published config takes)."""
-    return generate(get_zoo("digits_cnn_seed"), tmp_path_factory.mktemp("src") / "zoo", models=MODELS, epochs=3,
-                    progress=False)
+def source(zoo_dir):
+    """The suite's finished digits seed zoo (conftest): 20 models × 3 epochs."""
+    return zoo_dir
 
 
 @pytest.fixture(scope="module", params=["vd", "mp"])
-def twin(request, source, tmp_path_factory):
-    return sparsify(source, tmp_path_factory.mktemp(request.param) / "twin", request.param, epochs=EPOCHS,
-                    progress=False)
+def twin(request, twin_dirs):
+    return twin_dirs[request.param]
 
 
 def _rows(zd: ZooDir) -> dict[tuple[int, int], tuple[torch.Tensor, dict]]:
@@ -59,7 +59,7 @@ def test_directory_format(twin, source):
 
 
 def test_epoch0_is_the_loaded_source_model(twin, source):
-    src = source.metadata[source.metadata.epoch == 3].set_index("model_id")
+    src = source.metadata[(source.metadata.epoch == 3) & (source.metadata.model_id < MODELS)].set_index("model_id")
     zero = twin.metadata[twin.metadata.epoch == 0].set_index("model_id")
     assert (zero.test_acc == src.test_acc).all()  # exactly
     np.testing.assert_allclose(zero.test_loss, src.test_loss, rtol=1e-6)
@@ -120,7 +120,7 @@ def test_published_rows_are_sparse_and_reproduce_their_accuracy(twin, source, tm
     assert info.zoo.name == config
     assert "source_path" not in json.loads((repo / "data" / config / "zoo.json").read_text())["twins"]
     rows = datasets.concatenate_datasets([load_zoo(repo, config, split=s) for s in SPLITS]).with_format("numpy")
-    assert rows.features == features(info.layout.size, twin.info["twins"])
+    assert rows.features == info.features
     assert ("log_sigma2" in rows.column_names) == (method == "vd") and len(rows) == MODELS * (EPOCHS + 1)
     final = source.metadata[source.metadata.epoch == 3].set_index("model_id")
     ls_layout = Layout.from_json(twin.info["twins"]["log_sigma2_layout"]) if method == "vd" else None
@@ -160,10 +160,10 @@ def test_resume_after_interruption_is_identical(twin, source, tmp_path, monkeypa
 
     monkeypatch.setattr(export, "write_safetensors", write_then_die)
     with pytest.raises(KeyboardInterrupt):
-        sparsify(source, out, method, epochs=EPOCHS, progress=False)
+        sparsify(source, out, method, models=MODELS, epochs=EPOCHS, progress=False)
     monkeypatch.undo()
     assert not (out / "metadata.parquet").exists() and list(out.rglob("state.safetensors"))
-    resumed = sparsify(source, out, method, epochs=EPOCHS, progress=False)
+    resumed = sparsify(source, out, method, models=MODELS, epochs=EPOCHS, progress=False)
     assert resumed.metadata.equals(twin.metadata)
     a, b = _rows(resumed), _rows(twin)
     assert all(torch.equal(a[k][0], b[k][0]) for k in b)
@@ -180,13 +180,12 @@ def test_normal_noise_is_standard_and_per_model():
 
 def test_cli_summary_of_a_finished_twin(twin, source, capsys):
     method = twin.info["twins"]["method"]
-    assert main(["twins", str(source.path), "--method", method, "--out", str(twin.path), "--epochs", str(EPOCHS),
-                 "--quiet"]) == 0
+    assert main(["twins", str(source.path), "--method", method, "--out", str(twin.path), "--models", str(MODELS),
+                 "--epochs", str(EPOCHS), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert f"twins digits_cnn_seed_sparse_{method}: {MODELS} models, epochs 0..{EPOCHS}" in out and "sparsity" in out
-    with pytest.raises(SystemExit) as exit_:  # argparse: invalid choice
-        main(["twins", str(source.path), "--method", "l0", "--out", str(twin.path)])
-    assert exit_.value.code == 2 and "invalid choice: 'l0'" in capsys.readouterr().err
+    assert main(["twins", str(source.path), "--method", "l0", "--out", str(twin.path)]) == 2
+    assert "error: unknown sparsification method 'l0'; valid: vd, mp" in capsys.readouterr().err
 
 
 def test_bad_input(source, tmp_path):
@@ -197,8 +196,8 @@ def test_bad_input(source, tmp_path):
         sparsify(unfinished, tmp_path / "out", "vd")
     with pytest.raises(ValueError, match="unknown sparsification method 'l1'; valid: vd, mp"):
         sparsify(source, tmp_path / "out", "l1")
-    with pytest.raises(ValueError, match=r"--models must be in 1\.\.7"):
-        sparsify(source, tmp_path / "out", "mp", models=8)
+    with pytest.raises(ValueError, match=rf"--models must be in 1\.\.{ZOO_MODELS}"):
+        sparsify(source, tmp_path / "out", "mp", models=ZOO_MODELS + 1)
 
     resnet = tmp_path / "resnet"
     resnet.mkdir()
@@ -206,7 +205,7 @@ def test_bad_input(source, tmp_path):
     info["run"]["zoo"] = get_zoo("cifar10_resnet18_seed").to_dict()
     (resnet / "zoo.json").write_text(json.dumps(info))
     pq.write_table(pa.Table.from_pylist([], schema=METADATA_SCHEMA), resnet / "metadata.parquet")
-    with pytest.raises(ValueError, match=r"resnet18.*CNN zoos only"):
+    with pytest.raises(ValueError, match=r"resnet18.*LayerSpec CNNs only"):
         sparsify(resnet, tmp_path / "out", "vd")
     assert not (tmp_path / "out").exists()
 

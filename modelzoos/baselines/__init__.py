@@ -8,7 +8,7 @@ Everything reads a config of a dataset repository through ``datasets`` (``data.Z
   softmax classifier;
 - ``hyperrep``: hyper-representation autoencoder (2021/2022); ``sane``: SANE-style windows and tokens;
 - ``sampling``: KDE sampling in the hyper-representation's latent space, decoded and evaluated;
-- ``bench``: ``modelzoos bench`` (``run_bench``, ``cli_bench``).
+- ``bench``: the benchmark behind ``modelzoos bench`` (``run_bench``).
 
 Example::
 
@@ -21,7 +21,7 @@ Example::
     ridge_probe(x, y).scores  # {"train": ..., "val": ..., "test": ...}
 """
 
-from modelzoos.baselines.bench import cli_bench, run_bench
+from modelzoos.baselines.bench import run_bench
 from modelzoos.baselines.data import LayerStats, ZooSource
 from modelzoos.baselines.features import layer_statistics, raw_weights, stat_names
 from modelzoos.baselines.hyperrep import HyperRep, HyperRepConfig, train_hyperrep
@@ -39,7 +39,6 @@ __all__ = [
     "Sane",
     "SaneConfig",
     "ZooSource",
-    "cli_bench",
     "gbm_probe",
     "layer_statistics",
     "linear_probe",

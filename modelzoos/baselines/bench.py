@@ -1,4 +1,4 @@
-"""``modelzoos bench CONFIG --repo PATH_OR_HUB_ID``: train and evaluate weight-space baselines on one config.
+"""The weight-space benchmark of ``modelzoos bench``: train and evaluate baselines on one config of a repository.
 
 Baselines (features of the un-augmented weights of every split, protocol §11):
 
@@ -27,7 +27,6 @@ DataLoader worker.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from modelzoos.baselines.data import SPLITS, ZooSource, parse_epochs
+from modelzoos.baselines.data import SPLITS, ZooSource
 from modelzoos.baselines.features import layer_statistics, raw_weights
 from modelzoos.baselines.hyperrep import HyperRepConfig, train_hyperrep
 from modelzoos.baselines.probes import ProbeResult, gbm_probe, linear_probe, ridge_probe
@@ -271,40 +270,3 @@ def figure(plots: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``bench`` subcommand's arguments (``cli_bench`` reads them)."""
-    parser.add_argument("config", help="config (zoo) name in the repository, e.g. digits_cnn_seed")
-    parser.add_argument("--repo", required=True, help="dataset repository folder or Hub id ORG/NAME")
-    parser.add_argument("--baselines", default=",".join(DEFAULT_BASELINES),
-                        help=f"comma list of {', '.join(BASELINES)} (default: %(default)s)")
-    parser.add_argument("--out", default=None, help="folder for results.md, results.json and bench.png")
-    parser.add_argument("--epochs-filter", default=None,
-                        help="epochs used as samples, e.g. '5,10,15' or '1-15' (default: every stored epoch)")
-    parser.add_argument("--device", default="cpu", help="torch device for training and probes: cpu, cuda, ...")
-    parser.add_argument("--streaming", action="store_true", help="stream the Parquet files instead of the Arrow cache")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op CPU threads (default: torch's; 1 is fastest for CNN zoos on a busy CPU)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
-
-
-def cli_bench(args: argparse.Namespace) -> int:
-    """Run the benchmark from parsed arguments (``add_arguments``), print the table; exit code 0."""
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
-    results = run_bench(args.repo, args.config, [b.strip() for b in args.baselines.split(",") if b.strip()],
-                        args.out, device=args.device, epochs=parse_epochs(getattr(args, "epochs_filter", None)),
-                        streaming=getattr(args, "streaming", False), workers=getattr(args, "workers", 0),
-                        progress=not args.quiet)
-    print(markdown(results))
-    if args.out:
-        print(f"\nwrote {Path(args.out) / 'results.md'}, results.json, bench.png")
-    return 0

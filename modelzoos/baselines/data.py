@@ -42,8 +42,8 @@ from modelzoos.loading import (
     iterable_loader,
     load_zoo,
 )
+from modelzoos.repository import SPLITS
 
-SPLITS = ("train", "validation", "test")
 # Metadata columns a baseline may use as targets or for selection (docs/hub_format.md).
 META = ("model_id", "epoch", "seed", "init", "activation", "optimizer", "lr", "weight_decay", "dropout",
         "train_acc", "test_acc", "ggap")

@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from modelzoos.architectures import get_architecture
 from modelzoos.baselines.data import LayerStats, ZooSource, epochs
 from modelzoos.loading import WEIGHTS
 from modelzoos.transforms import (
@@ -271,7 +272,7 @@ def train_hyperrep(source: ZooSource, config: HyperRepConfig = HyperRepConfig(),
                    device: str | torch.device = "cpu", progress: bool = True) -> HyperRep:
     """Train a hyper-representation on the training split of ``source`` (module docstring)."""
     zoo = source.info.zoo
-    if zoo.architecture not in ("cnn", "cnn_m"):
+    if not get_architecture(zoo.architecture).neuron_tokens:
         raise ValueError(f"hyperrep encodes a whole model in one sequence of neuron tokens and supports the CNN "
                          f"zoos; {source.config!r} is {zoo.architecture!r}: use the sane baseline (windows)")
     device = torch.device(device)

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SPLITS = ("train", "validation", "test")
+from modelzoos.repository import SPLITS
+
 REPORT = {"train": "train", "validation": "val", "test": "test"}  # split → key of ProbeResult.scores
 LAMBDAS = (1e3, 3e2, 1e2, 3e1, 1e1, 3.0, 1.0, 0.3, 0.1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
 
