@@ -16,7 +16,7 @@ for ``uniform`` (U[0, 1)).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -287,6 +287,19 @@ class Layout:
     @property
     def num_parameters(self) -> int:
         return sum(e.numel for e in self.entries if e.kind == "parameter")
+
+    def subset(self, names: Iterable[str]) -> Layout:
+        """The layout of the entries named ``names`` only, in this layout's order, packed from offset 0."""
+        keep, entries, offset = set(names), [], 0
+        for e in self.entries:
+            if e.name in keep:
+                entries.append(Entry(e.name, e.shape, offset, e.kind))
+                offset += e.numel
+        return Layout(tuple(entries))
+
+    def parameters(self) -> Layout:
+        """The layout of the parameters (no buffers): where optimizer states sit in their flat vectors."""
+        return self.subset(e.name for e in self.entries if e.kind == "parameter")
 
     def __getitem__(self, name: str) -> Entry:
         for entry in self.entries:

@@ -164,7 +164,7 @@ def _chunk_task(producer: Producer, root: str, chunk: list[ModelConfig], sha256:
             f"the image data on this worker ({socket.gethostname()}) has sha256 {here}, the zoo in {root} "
             f"was made from {sha256}: the nodes' data roots hold different files. Point the data root "
             "(--data-root) at one copy on the shared filesystem")
-    write_chunk(Path(root), chunk, producer.run.epochs, partial(producer, chunk), _EpochHook(chunk, fault))
+    write_chunk(Path(root), chunk, producer.run, partial(producer, chunk), _EpochHook(chunk, fault))
     return chunk[0].model_id
 
 

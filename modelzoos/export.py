@@ -75,6 +75,7 @@ METADATA_SCHEMA = pa.schema([
     ("weights_file", pa.string()),  # path relative to the zoo directory
     ("weights_row", pa.int64()),  # row of that file's "weights" tensor
 ])
+OPTIMIZER_PREFIX = "optimizer."  # epoch-file tensors of the optimizer state (Run.optimizer_state)
 # zoo.json keys every producer writes; any other top-level key is a producer's own section (e.g. "twins")
 STANDARD_KEYS = ("format_version", "run", "layout", "data", "versions", "device", "numerics")
 LOCAL_KEYS = ("source_path",)  # machine-local entries of a section: not part of a run's identity
@@ -120,6 +121,7 @@ class Run:
     epochs: int
     engine: str
     chunk_size: int
+    optimizer_state: bool = False  # the epoch files also hold the optimizer state (``EpochResult.optimizer``)
 
     def configs(self) -> list[ModelConfig]:
         return self.zoo.models()[: self.models]
@@ -129,9 +131,9 @@ class Run:
         return [configs[i : i + self.chunk_size] for i in range(0, len(configs), self.chunk_size)]
 
     def identity(self) -> dict:
-        """The run as plain JSON data (as stored in zoo.json)."""
+        """The run as plain JSON data (as stored in zoo.json; ``optimizer_state`` only when on)."""
         return {"zoo": self.zoo.to_dict(), "models": self.models, "epochs": self.epochs, "engine": self.engine,
-                "chunk_size": self.chunk_size}
+                "chunk_size": self.chunk_size, **({"optimizer_state": True} if self.optimizer_state else {})}
 
 
 def describe(run: Run, data: ImageData, device: str, **sections: dict) -> dict:
@@ -226,11 +228,17 @@ def pending(root: Path, run: Run) -> list[list[ModelConfig]]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _save_epoch(cdir: Path, chunk: list[ModelConfig], result: EpochResult) -> None:
-    """The epoch's file (``result.tensors()`` and the metrics), then the state to resume from after it."""
+def _save_epoch(cdir: Path, chunk: list[ModelConfig], result: EpochResult, optimizer_state: bool) -> None:
+    """The epoch's file (``result.tensors()``, with ``optimizer_state`` also ``optimizer.<slot>`` and
+    ``optimizer.step``, and the metrics), then the state to resume from after it."""
     meta = {"model_ids": json.dumps([c.model_id for c in chunk]), "epoch": str(result.epoch),
             "metrics": json.dumps(result.metrics)}
-    write_safetensors(epoch_path(cdir, result.epoch), result.tensors(), meta)
+    tensors = result.tensors()
+    if optimizer_state:
+        if result.optimizer is None:
+            raise ValueError(f"{type(result).__name__} holds no optimizer state: this producer cannot store it")
+        tensors |= {f"{OPTIMIZER_PREFIX}{k}": v for k, v in result.optimizer.items()}
+    write_safetensors(epoch_path(cdir, result.epoch), tensors, meta)
     write_safetensors(cdir / "state.safetensors", result.state, {"epoch": str(result.epoch)})
 
 
@@ -250,10 +258,10 @@ def _resume_point(cdir: Path) -> Resume | None:
 ChunkTrainer = Callable[[list[ModelConfig], Resume | None], Iterable[EpochResult]]
 
 
-def write_chunk(root: Path, chunk: list[ModelConfig], epochs: int, train: Callable[[Resume | None],
+def write_chunk(root: Path, chunk: list[ModelConfig], run: Run, train: Callable[[Resume | None],
                 Iterable[EpochResult]], bar: tqdm | None = None) -> None:
-    """Save the epochs that ``train(resume)`` yields into the chunk's directory; ``resume`` is read from its
-    state file (None: from scratch). A writer thread saves epoch e while epoch e + 1 trains; ``bar`` advances
+    """Save the epochs of ``run`` that ``train(resume)`` yields into the chunk's directory; ``resume`` is read from
+    its state file (None: from scratch). A writer thread saves epoch e while epoch e + 1 trains; ``bar`` advances
     once an epoch's files are written. A crash loses at most the epochs not yet saved."""
     cdir = chunk_dir(root, chunk)
     if (cdir / "complete.json").exists():
@@ -274,9 +282,9 @@ def write_chunk(root: Path, chunk: list[ModelConfig], epochs: int, train: Callab
         saving = None
         for result in train(resume):
             wait(saving)  # one save in flight: bounded memory, files in epoch order
-            saving = writer.submit(_save_epoch, cdir, chunk, result)
+            saving = writer.submit(_save_epoch, cdir, chunk, result, run.optimizer_state)
         wait(saving)
-    write_json(cdir / "complete.json", {"models": [c.model_id for c in chunk], "epochs": epochs})
+    write_json(cdir / "complete.json", {"models": [c.model_id for c in chunk], "epochs": run.epochs})
     (cdir / "state.safetensors").unlink(missing_ok=True)
 
 
@@ -361,7 +369,7 @@ class LocalBackend:
         with tqdm(total=run.models * states, initial=done, desc=f"{run.zoo.name} ({run.engine})", unit="state",
                   disable=not progress) as bar:
             for chunk in chunks:
-                write_chunk(root, chunk, run.epochs, partial(producer, chunk), bar)
+                write_chunk(root, chunk, run, partial(producer, chunk), bar)
 
 
 def produce(root: str | Path, producer: Producer, backend: Backend | None = None, progress: bool = True) -> ZooDir:
@@ -448,13 +456,36 @@ class ZooDir:
             for idx, vector in zip(group.index, vectors, strict=True):
                 yield int(idx), torch.from_numpy(vector)
 
-    def state(self, model_id: int, epoch: int) -> dict[str, torch.Tensor]:
-        """The state dict of one model state."""
+    def _row(self, model_id: int, epoch: int) -> int:
         hit = self.metadata.index[(self.metadata.model_id == model_id) & (self.metadata.epoch == epoch)]
         if len(hit) == 0:
             raise KeyError(f"no state for model {model_id} at epoch {epoch} in {self.path}")
-        (_, flat), = self.weights([int(hit[0])])
+        return int(hit[0])
+
+    def state(self, model_id: int, epoch: int) -> dict[str, torch.Tensor]:
+        """The state dict of one model state."""
+        (_, flat), = self.weights([self._row(model_id, epoch)])
         return self.layout.unflatten(flat)
+
+    def optimizer_state(self, model_id: int, epoch: int) -> dict[str, dict[str, torch.Tensor] | int]:
+        """The optimizer state of one model after ``epoch`` (zoos generated with ``--optimizer-state``):
+        ``{slot: {parameter name: tensor}}`` for the slots of the model's optimizer (Adam: ``exp_avg``,
+        ``exp_avg_sq``; SGD: ``momentum_buffer``) and ``"step"``: the optimizer steps taken."""
+        if not self.info["run"].get("optimizer_state"):
+            raise ZooFileError(f"{self.path} holds no optimizer states: it was generated without --optimizer-state")
+        row = self.metadata.iloc[self._row(model_id, epoch)]
+        r, params = int(row.weights_row), self.layout.parameters()
+        with safe_open(str(self.path / row.weights_file), framework="pt") as f:
+            names = [k for k in f.keys() if k.startswith(OPTIMIZER_PREFIX)]  # noqa: SIM118 (no __iter__)
+            step = int(f.get_slice(f"{OPTIMIZER_PREFIX}step")[r : r + 1][0])
+        out: dict[str, dict[str, torch.Tensor] | int] = {}
+        for name in names:
+            if name == f"{OPTIMIZER_PREFIX}step":
+                continue
+            (flat,) = self._file_rows(row.weights_file, [r], name, params.size)
+            if not np.isnan(flat).all():  # NaN rows: another model's optimizer has this slot, this one has not
+                out[name.removeprefix(OPTIMIZER_PREFIX)] = params.unflatten(torch.from_numpy(flat))
+        return out | {"step": step}
 
     def summary(self) -> dict:
         last = self.metadata[self.metadata.epoch == self.metadata.epoch.max()]

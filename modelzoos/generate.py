@@ -68,10 +68,11 @@ class Training:
 
 
 def plan(zoo: Zoo, models: int | None = None, epochs: int | None = None, engine: str | None = None,
-         chunk_size: int | None = None) -> Run:
+         chunk_size: int | None = None, optimizer_state: bool = False) -> Run:
     """The ``Run`` of the first ``models`` models for ``epochs`` epochs (defaults: the whole zoo) with
-    ``engine`` (default: the architecture's) in chunks of ``chunk_size`` models (default: all; reference: 1).
-    ValueError names a bad value and the valid ones."""
+    ``engine`` (default: the architecture's) in chunks of ``chunk_size`` models (default: all; reference: 1),
+    storing the optimizer state of every epoch with ``optimizer_state``. ValueError names a bad value and the
+    valid ones."""
     engine = engine or get_architecture(zoo.architecture).engine
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
@@ -83,14 +84,17 @@ def plan(zoo: Zoo, models: int | None = None, epochs: int | None = None, engine:
         raise ValueError(f"--epochs must be in 0..{zoo.epochs} for {zoo.name}, got {epochs}")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"--chunk-size must be at least 1, got {chunk_size}")
-    return Run(zoo, models, epochs, engine, chunk_size or (1 if engine == "reference" else models))
+    return Run(zoo, models, epochs, engine, chunk_size or (1 if engine == "reference" else models), optimizer_state)
 
 
 def generate(zoo: Zoo, out: str | Path, *, models: int | None = None, epochs: int | None = None,
              engine: str | None = None, device: str = "cpu", data_root: str | Path | None = None,
              download: bool = False, chunk_size: int | None = None, progress: bool = True,
-             backend: str = "local", ray_address: str | None = None) -> ZooDir:
+             backend: str = "local", ray_address: str | None = None, optimizer_state: bool = False) -> ZooDir:
     """Train (the first ``models`` models of) ``zoo`` for ``epochs`` epochs into the directory ``out``.
+
+    ``optimizer_state``: the epoch files also hold every model's optimizer state after the epoch (Adam moments,
+    SGD momentum; docs/format.md); the default stores weights only.
 
     Resumable: rerunning the same call after a crash continues where it stopped; a finished zoo is returned
     as it is. ``backend="ray"`` trains one Ray task per chunk on the cluster at ``ray_address`` (None: a local
@@ -98,7 +102,7 @@ def generate(zoo: Zoo, out: str | Path, *, models: int | None = None, epochs: in
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    run = plan(zoo, models, epochs, engine, chunk_size)
+    run = plan(zoo, models, epochs, engine, chunk_size, optimizer_state)
     root = Path(out).resolve() if backend == "ray" else Path(out)  # Ray workers have other working directories
     data_root = None if data_root is None else str(Path(data_root).expanduser().resolve())
     return produce(root, Training(run, device, data_root, download), BACKENDS[backend](ray_address, device), progress)

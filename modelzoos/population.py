@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from modelzoos import randomness
-from modelzoos.architectures import ACTIVATIONS, LayerSpec, build_model, get_architecture
+from modelzoos.architectures import ACTIVATIONS, LayerSpec, Layout, build_model, get_architecture
 from modelzoos.catalogue import ModelConfig, Zoo
 from modelzoos.data import ImageData, Split
 from modelzoos.optimizers import OPTIMIZERS
@@ -210,6 +210,18 @@ def evaluate(net: PopulationCNN, params: Params, split: Split, device: torch.dev
     return loss / n, correct.double() / n
 
 
+def optimizer_tensors(groups: list[Group], models: int, params: Layout, step: int) -> dict[str, torch.Tensor]:
+    """``EpochResult.optimizer`` of a chunk of ``models`` models: every slot of the chunk's optimizers flattened in
+    ``params`` [models, P] (NaN rows for models whose optimizer has no such slot), and the steps taken."""
+    slots = dict.fromkeys(s for g in groups for s in OPTIMIZERS[g.optimizer].slots)
+    out = {s: torch.full((models, params.size), math.nan) for s in slots}
+    for g in groups:
+        for s in OPTIMIZERS[g.optimizer].slots:
+            out[s][g.index] = params.flatten({e.name: g.opt_state[f"{e.name}.{s}"].detach().cpu()
+                                              for e in params.entries})
+    return out | {"step": torch.full((models,), step, dtype=torch.int64)}
+
+
 def pack_groups(groups: list[Group], step: int) -> dict[str, torch.Tensor]:
     """The resumable state of a chunk (CPU tensors): every group's parameters and optimizer state, and the
     optimizer steps taken; ``unpack_groups`` restores it."""
@@ -359,7 +371,9 @@ def train_population(zoo: Zoo, configs: list[ModelConfig], data: ImageData, devi
             record_metrics(values, g, net, params, data, device,
                            train_metrics[gi] if train_metrics is not None else None)
             weights[g.index] = layout.flatten({k: v.cpu() for k, v in params.items()})
-        return EpochResult(epoch, weights, values, pack_groups(groups, int(steppers[0].step)))
+        step = int(steppers[0].step)
+        return EpochResult(epoch, weights, values, pack_groups(groups, step),
+                           optimizer_tensors(groups, len(configs), layout.parameters(), step))
 
     def restore(state: dict[str, torch.Tensor]) -> None:
         step = unpack_groups(state, groups)

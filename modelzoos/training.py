@@ -49,6 +49,9 @@ class EpochResult:
     weights: torch.Tensor  # float32 [M, D] on CPU, in the zoo's Layout
     metrics: dict[str, list[float]]  # METRICS → M values (NaN where a split is absent)
     state: dict[str, torch.Tensor]  # everything needed to continue after this epoch (CPU tensors)
+    # the optimizer state after the epoch: "<slot>" → float32 [M, P] in Layout.parameters() (NaN rows: that model's
+    # optimizer has no such slot), "step" → int64 [M] optimizer steps taken; None: the trainer keeps none
+    optimizer: dict[str, torch.Tensor] | None = None
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """What the epoch's file holds (export): the weights."""
@@ -176,6 +179,17 @@ def _pack_state(model: nn.Module, opt: torch.optim.Optimizer, step: int) -> dict
     return state
 
 
+def _optimizer_tensors(model: nn.Module, opt: torch.optim.Optimizer, optimizer: str, step: int,
+                       params: Layout) -> dict[str, torch.Tensor]:
+    """``EpochResult.optimizer`` of one model: each slot flattened in ``params`` [1, P] (zeros before the first
+    step, where torch has no state yet: the batched optimizers start from zeros, to the same effect)."""
+    out = {}
+    for slot in OPTIMIZERS[optimizer].slots:
+        out[slot] = params.flatten({n: opt.state.get(p, {}).get(slot, torch.zeros_like(p)).detach().cpu()
+                                    for n, p in model.named_parameters()})[None]
+    return out | {"step": torch.tensor([step], dtype=torch.int64)}
+
+
 def _unpack_state(state: dict[str, torch.Tensor], model: nn.Module, opt: torch.optim.Optimizer,
                   sched, device: torch.device) -> int:
     model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
@@ -259,8 +273,8 @@ def train_reference(zoo: Zoo, config: ModelConfig, data: ImageData, device: str 
         sl, sa = evaluate(net, data.test, device, fmt=fmt)
         values = dict(zip(METRICS, (tl, ta, vl, va, sl, sa), strict=True))
         flat = layout.flatten({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        return EpochResult(epoch, flat[None], {k: [v] for k, v in values.items()},
-                           _pack_state(model, opt, step))
+        return EpochResult(epoch, flat[None], {k: [v] for k, v in values.items()}, _pack_state(model, opt, step),
+                           _optimizer_tensors(model, opt, config.optimizer, step, layout.parameters()))
 
     def restore(state: dict[str, torch.Tensor]) -> None:
         nonlocal step

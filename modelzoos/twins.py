@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from modelzoos import randomness
-from modelzoos.architectures import Entry, Layout, get_architecture
+from modelzoos.architectures import Layout, get_architecture
 from modelzoos.catalogue import TWIN_EPOCHS, TWIN_METHODS, ModelConfig, Zoo, twin_name
 from modelzoos.data import ImageData, load_image_data
 from modelzoos.export import METADATA_SCHEMA, Run, ZooDir, ZooFileError, describe, produce
@@ -312,13 +312,7 @@ def _groups(configs: list[ModelConfig], dense: torch.Tensor, layout: Layout, net
 
 def log_sigma2_layout(zoo: Zoo) -> Layout:
     """Layout of the stored ``log_sigma2`` vector: conv weights, conv biases, linear weights, in zoo order."""
-    names = {n for n, _ in TwinCNN(zoo, "relu", "vd").ard_tensors()}
-    entries, offset = [], 0
-    for e in zoo.layout.entries:
-        if e.name in names:
-            entries.append(Entry(e.name, e.shape, offset, "parameter"))
-            offset += e.numel
-    return Layout(tuple(entries))
+    return zoo.layout.subset(n for n, _ in TwinCNN(zoo, "relu", "vd").ard_tensors())
 
 
 def train_twins(zoo: Zoo, configs: list[ModelConfig], dense: torch.Tensor, data: ImageData, method: str,
@@ -373,7 +367,7 @@ def train_twins(zoo: Zoo, configs: list[ModelConfig], dense: torch.Tensor, data:
             if ls2 is not None:
                 ls2[g.index] = ls_layout.flatten({e.name: g.params[f"{e.name}.log_sigma2"].detach().cpu()
                                                   for e in ls_layout.entries})
-        return TwinEpoch(epoch, weights, values, pack_groups(groups, int(steppers[0].step)), ls2)
+        return TwinEpoch(epoch, weights, values, pack_groups(groups, int(steppers[0].step)), log_sigma2=ls2)
 
     def restore(state: dict[str, torch.Tensor]) -> None:
         step = unpack_groups(state, groups)

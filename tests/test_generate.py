@@ -16,7 +16,7 @@ import torch
 from modelzoos.architectures import build_model
 from modelzoos.catalogue import get_zoo
 from modelzoos.cli import main
-from modelzoos.export import METADATA_SCHEMA, ZooDir, ZooFileError
+from modelzoos.export import METADATA_SCHEMA, ZooDir, ZooFileError, read_safetensors
 from modelzoos.generate import generate
 
 
@@ -218,3 +218,122 @@ def test_zoodir_rejects_a_non_zoo(tmp_path):
     Path(tmp_path / "zoo.json").write_text("{}")
     with pytest.raises(ZooFileError, match="incomplete"):
         ZooDir(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Optimizer states (--optimizer-state)
+# ---------------------------------------------------------------------------------------------------------
+
+ADAM_SGD = """
+extends = "digits_cnn_hyp_fix"
+name = "digits_adam_sgd"
+epochs = 2
+[grid]
+init = ["kaiming_uniform"]
+activation = ["relu"]
+optimizer = ["adam", "sgd"]
+lr = [0.001]
+weight_decay = [0.0001]
+dropout = [0.0]
+[seeds]
+range = [1, 2]
+"""
+
+
+@pytest.fixture(scope="module")
+def adam_sgd(tmp_path_factory):
+    path = tmp_path_factory.mktemp("spec") / "digits_adam_sgd.toml"
+    path.write_text(ADAM_SGD)
+    return get_zoo(path)
+
+
+@pytest.fixture(scope="module", params=["population", "reference"])
+def with_optimizer(request, adam_sgd, tmp_path_factory) -> ZooDir:
+    """Adam and SGD models, 2 epochs, with their optimizer states (population: all 4 in one chunk)."""
+    models = 4 if request.param == "population" else 2
+    return generate(adam_sgd, tmp_path_factory.mktemp("opt") / "zoo", models=models, engine=request.param,
+                    optimizer_state=True, progress=False)
+
+
+def _resume_state(zd: ZooDir, configs, epoch: int) -> dict[str, torch.Tensor]:
+    """The engine's resumable state after ``epoch``, rebuilt from the stored weights and optimizer states only."""
+    opt = {c.model_id: zd.optimizer_state(c.model_id, epoch) for c in configs}
+    if zd.info["run"]["engine"] == "reference":
+        (c,) = configs
+        state = {f"model.{k}": v for k, v in zd.state(c.model_id, epoch).items()}
+        for slot, tensors in opt[c.model_id].items():
+            if slot != "step":
+                state |= {f"opt.{name}.{slot}": t for name, t in tensors.items()}
+        if c.optimizer == "adam":  # torch's Adam keeps its step count per parameter, as a float tensor
+            step = torch.tensor(float(opt[c.model_id]["step"]))
+            state |= {f"opt.{e.name}.step": step for e in zd.layout.parameters().entries}
+        return state | {"step": torch.tensor(opt[c.model_id]["step"])}
+    state = {"step": torch.tensor(opt[configs[0].model_id]["step"])}
+    groups = [[c for c in configs if c.optimizer == o] for o in dict.fromkeys(c.optimizer for c in configs)]
+    for gi, group in enumerate(groups):  # the engine's groups: (activation, optimizer) in order of appearance
+        weights = [zd.state(c.model_id, epoch) for c in group]
+        for name in weights[0]:
+            state[f"g{gi}.param.{name}"] = torch.stack([w[name] for w in weights])
+            for slot in opt[group[0].model_id]:
+                if slot != "step":
+                    state[f"g{gi}.opt.{name}.{slot}"] = torch.stack([opt[c.model_id][slot][name] for c in group])
+    return state
+
+
+def test_stored_optimizer_states_resume_the_run_bitwise(with_optimizer, adam_sgd, digits_data):
+    from modelzoos.population import train_population
+    from modelzoos.training import train_reference_chunk
+
+    zd = with_optimizer
+    assert zd.info["run"]["optimizer_state"] is True
+    engine = {"population": train_population, "reference": train_reference_chunk}[zd.info["run"]["engine"]]
+    configs = adam_sgd.models()[: zd.info["run"]["models"]]
+    adam, sgd = zd.optimizer_state(0, 1), zd.optimizer_state(1, 1)
+    assert set(adam) == {"exp_avg", "exp_avg_sq", "step"} and set(sgd) == {"momentum_buffer", "step"}
+    assert adam["step"] == sgd["step"] == 126  # ⌈1,257 / 10⌉ steps per epoch
+    assert adam["exp_avg"].keys() == zd.state(0, 1).keys()
+    assert all(not t.any() for t in zd.optimizer_state(0, 0)["exp_avg"].values())  # epoch 0: no step yet
+    chunks = [configs] if zd.info["run"]["engine"] == "population" else [[c] for c in configs]
+    for chunk in chunks:
+        (epoch2,) = list(engine(adam_sgd, chunk, digits_data, "cpu", resume=(1, _resume_state(zd, chunk, 1)), stop=2))
+        for i, c in enumerate(chunk):
+            stored = zd.layout.flatten(zd.state(c.model_id, 2))
+            assert torch.equal(epoch2.weights[i], stored), c
+            assert all(torch.equal(epoch2.optimizer[slot][i], zd.layout.parameters().flatten(t))
+                       for slot, t in zd.optimizer_state(c.model_id, 2).items() if slot != "step")
+
+
+def test_optimizer_states_resume_after_interruption_bitwise(with_optimizer, adam_sgd, tmp_path, monkeypatch):
+    from modelzoos import export
+
+    zd = with_optimizer
+    run = zd.info["run"]
+    real = export.write_safetensors
+
+    def write_then_die(path, tensors, metadata):
+        real(path, tensors, metadata)
+        if path.name == "state.safetensors" and metadata["epoch"] == "1":
+            raise KeyboardInterrupt  # killed right after epoch 1 was saved
+
+    monkeypatch.setattr(export, "write_safetensors", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        generate(adam_sgd, tmp_path / "zoo", models=run["models"], engine=run["engine"], optimizer_state=True,
+                 progress=False)
+    monkeypatch.undo()
+    resumed = generate(adam_sgd, tmp_path / "zoo", models=run["models"], engine=run["engine"], optimizer_state=True,
+                       progress=False)
+    pd.testing.assert_frame_equal(resumed.metadata, zd.metadata)
+    for file in sorted(zd.path.rglob("epoch_*.safetensors")):
+        a, _ = export.read_safetensors(file)
+        b, _ = export.read_safetensors(resumed.path / file.relative_to(zd.path))
+        assert a.keys() == b.keys() and any(k.startswith("optimizer.") for k in a)
+        assert all(a[k].numpy().tobytes() == b[k].numpy().tobytes() for k in a), file  # bitwise (NaN rows too)
+
+
+def test_weights_only_by_default(reference_zoo):
+    assert "optimizer_state" not in reference_zoo.info["run"]
+    for file in reference_zoo.path.rglob("epoch_*.safetensors"):
+        tensors, _ = read_safetensors(file)
+        assert list(tensors) == ["weights"]
+    with pytest.raises(ZooFileError, match="without --optimizer-state"):
+        reference_zoo.optimizer_state(0, 1)

@@ -25,6 +25,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "filesystem)")
     g.add_argument("--ray-address", default=None,
                    help="Ray cluster host:port or 'auto' (default: $RAY_ADDRESS, else a local Ray instance)")
+    g.add_argument("--optimizer-state", action="store_true",
+                   help="also store every epoch's optimizer state (Adam moments, SGD momentum), as the original zoos "
+                        "did; default: weights only (docs/format.md)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     return g
 
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     result = generate(get_zoo(args.zoo), args.out, models=args.models, epochs=args.epochs, engine=args.engine,
                       device=args.device, data_root=args.data_root, download=args.download,
                       chunk_size=args.chunk_size, progress=not args.quiet, backend=args.backend,
-                      ray_address=args.ray_address)
+                      ray_address=args.ray_address, optimizer_state=args.optimizer_state)
     s = result.summary()
     acc = s["test_acc"]
     print(f"zoo {s['zoo']}: {s['models']} models, {s['states']} states in {s['path']}")
