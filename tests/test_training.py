@@ -131,7 +131,11 @@ def test_resnet_channels_last_changes_rounding_only(monkeypatch):
     monkeypatch.setenv("MODELZOOS_CHANNELS_LAST", "0")
     plain = _tiny_resnet_run()
     assert torch.equal(fast[0].weights, plain[0].weights)
-    assert (fast[1].weights - plain[1].weights).abs().max() <= 1e-5
+    # the one step's update differs by rounding only: BatchNorm over two samples amplifies the rounding
+    # of the other memory layout (about 6e-4 of the update's norm on x86 oneDNN), a wrong layout would
+    # change the update itself
+    update = plain[1].weights - plain[0].weights
+    assert (fast[1].weights - plain[1].weights).norm() <= 1e-2 * update.norm()
     assert fast[1].metrics["test_acc"] == plain[1].metrics["test_acc"]
 
 
