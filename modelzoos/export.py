@@ -168,13 +168,13 @@ def section_record(info: dict, section: str) -> dict:
     return identity(info).get(section) or {}
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     """Dotted paths of the entries that differ between two JSON objects."""
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
+            out += differences(a, b, f"{prefix}{key}.")
         elif a != b:
             out.append(f"{prefix}{key}")
     return out
@@ -197,11 +197,11 @@ def claim(root: Path, info: dict) -> bool:
         raise ZooFileError(f"{path} is not valid JSON ({err}); delete the directory {root} to start over") from err
     finished = (root / "metadata.parquet").exists()  # nothing left to train: the numerics do not matter
     old_numerics = LEGACY_NUMERICS | old.get("numerics", {})  # switches added later were off before
-    differ = _differences(identity(old), identity(info))
+    differ = differences(identity(old), identity(info))
     if not finished:  # a switch that differs, with the environment variable that sets it and both values
         differ += [f"numerics.{k} (the run has {NUMERICS_ENV[k]}={int(old_numerics[k])}, this process "
                    f"{int(info['numerics'][k])}: set it to resume)"
-                   for k in _differences(old_numerics, info["numerics"])]
+                   for k in differences(old_numerics, info["numerics"])]
     if differ:
         raise ZooFileError(
             f"{root} already holds a different zoo run ({old.get('run', {}).get('zoo', {}).get('name')}, "
