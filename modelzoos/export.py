@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -130,22 +130,30 @@ class Run:
         configs = self.configs()
         return [configs[i : i + self.chunk_size] for i in range(0, len(configs), self.chunk_size)]
 
+    def stored_epochs(self) -> tuple[int, ...]:
+        """The epochs the directory holds, ascending: 0 … ``epochs`` (an import may keep fewer)."""
+        return tuple(range(self.epochs + 1))
+
     def identity(self) -> dict:
         """The run as plain JSON data (as stored in zoo.json; ``optimizer_state`` only when on)."""
         return {"zoo": self.zoo.to_dict(), "models": self.models, "epochs": self.epochs, "engine": self.engine,
                 "chunk_size": self.chunk_size, **({"optimizer_state": True} if self.optimizer_state else {})}
 
 
-def describe(run: Run, data: ImageData, device: str, **sections: dict) -> dict:
-    """The zoo.json of ``run`` trained on ``data`` on ``device``; ``sections`` are a producer's own records."""
-    split = {"train": data.train.labels.numel(), "val": 0 if data.val is None else data.val.labels.numel(),
-             "test": data.test.labels.numel()}
+def describe(run: Run, data: ImageData | None, device: str, **sections: dict) -> dict:
+    """The zoo.json of ``run`` trained on ``data`` on ``device``; ``sections`` are a producer's own records.
+
+    ``data`` None (an import: the models were trained elsewhere) records the recipe without sizes and hash.
+    """
+    split = None if data is None else {
+        "train": data.train.labels.numel(), "val": 0 if data.val is None else data.val.labels.numel(),
+        "test": data.test.labels.numel()}
     return {
         "format_version": FORMAT_VERSION,
         "run": run.identity(),
         "layout": run.zoo.layout.to_json(),
-        "data": {"recipe": run.zoo.data.to_dict(), "sizes": split, "sha256": data.sha256,
-                 "num_classes": data.num_classes},
+        "data": {"recipe": run.zoo.data.to_dict(), "sizes": split, "sha256": None if data is None else data.sha256,
+                 "num_classes": run.zoo.num_classes if data is None else data.num_classes},
         "versions": {"modelzoos": version("modelzoos"), "torch": torch.__version__,
                      "python": platform.python_version()},
         "device": device,
@@ -242,13 +250,13 @@ def _save_epoch(cdir: Path, chunk: list[ModelConfig], result: EpochResult, optim
     write_safetensors(cdir / "state.safetensors", result.state, {"epoch": str(result.epoch)})
 
 
-def _resume_point(cdir: Path) -> Resume | None:
+def _resume_point(cdir: Path, epochs: Sequence[int]) -> Resume | None:
     path = cdir / "state.safetensors"
     if not path.exists():
         return None
     state, meta = read_safetensors(path)
     epoch = int(meta["epoch"])
-    for e in range(epoch + 1):
+    for e in (e for e in epochs if e <= epoch):
         if not epoch_path(cdir, e).exists():
             raise ZooFileError(f"{epoch_path(cdir, e)} is missing although {path} says epoch {epoch} is done. "
                                f"Fix: delete the chunk directory {cdir} and rerun the same command.")
@@ -260,17 +268,17 @@ ChunkTrainer = Callable[[list[ModelConfig], Resume | None], Iterable[EpochResult
 
 def write_chunk(root: Path, chunk: list[ModelConfig], run: Run, train: Callable[[Resume | None],
                 Iterable[EpochResult]], bar: tqdm | None = None) -> None:
-    """Save the epochs of ``run`` that ``train(resume)`` yields into the chunk's directory; ``resume`` is read from
-    its state file (None: from scratch). A writer thread saves epoch e while epoch e + 1 trains; ``bar`` advances
-    once an epoch's files are written. A crash loses at most the epochs not yet saved."""
-    cdir = chunk_dir(root, chunk)
+    """Save the epochs of ``run`` (its ``stored_epochs``) that ``train(resume)`` yields into the chunk's directory;
+    ``resume`` is read from its state file (None: from scratch). A writer thread saves epoch e while epoch e + 1
+    trains; ``bar`` advances once an epoch's files are written. A crash loses at most the epochs not yet saved."""
+    cdir, epochs = chunk_dir(root, chunk), run.stored_epochs()
     if (cdir / "complete.json").exists():
         return
     if cdir.exists():
         sweep_temporaries(cdir)
-    resume = _resume_point(cdir)
+    resume = _resume_point(cdir, epochs)
     if bar is not None and resume is not None:
-        bar.update(len(chunk) * (resume[0] + 1))
+        bar.update(len(chunk) * sum(e <= resume[0] for e in epochs))
 
     def wait(future: Future | None) -> None:
         if future is not None:
@@ -293,7 +301,8 @@ def finalize(root: Path, run: Run, schema: pa.Schema = METADATA_SCHEMA,
     """Assemble metadata.parquet from the epoch files of all chunks (the zoo's completion mark).
 
     ``schema``: METADATA_SCHEMA, or it plus per-state metric columns that the epoch files' metrics hold
-    (twins: ``sparsity``); ``extra_metadata`` joins the Parquet schema metadata.
+    (twins: ``sparsity``); ``extra_metadata`` joins the Parquet schema metadata. A state whose entry in the
+    metrics' ``present`` list is false (an import missing it) gets no row.
     """
     sweep_temporaries(root)
     extra_columns = [f.name for f in schema if f.name not in METADATA_SCHEMA.names]
@@ -302,14 +311,17 @@ def finalize(root: Path, run: Run, schema: pa.Schema = METADATA_SCHEMA,
         cdir = chunk_dir(root, chunk)
         if not (cdir / "complete.json").exists():
             raise ZooFileError(f"chunk {cdir} is not complete; rerun the same command")
-        for epoch in range(run.epochs + 1):
+        for epoch in run.stored_epochs():
             path = epoch_path(cdir, epoch)
             tensors, meta = read_safetensors(path)
             weights = tensors["weights"]
             metrics = json.loads(meta["metrics"])
+            present = metrics.get("present", [True] * len(chunk))
             finite = torch.isfinite(weights).all(dim=1)
             rel = path.relative_to(root).as_posix()
             for i, config in enumerate(chunk):
+                if not present[i]:
+                    continue
                 row = {"zoo": run.zoo.name, "model_id": config.model_id, "epoch": epoch}
                 row |= {h: getattr(config, h) for h in HYPERPARAMETERS}
                 row |= {m: metrics[m][i] for m in (*METRICS, *extra_columns)}
@@ -364,7 +376,7 @@ class LocalBackend:
 
     def write(self, root: Path, producer: Producer, chunks: list[list[ModelConfig]], progress: bool) -> None:
         run = producer.run
-        states = run.epochs + 1
+        states = len(run.stored_epochs())
         done = (run.models - sum(map(len, chunks))) * states
         with tqdm(total=run.models * states, initial=done, desc=f"{run.zoo.name} ({run.engine})", unit="state",
                   disable=not progress) as bar:
