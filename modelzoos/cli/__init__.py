@@ -15,7 +15,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("zoos", "generate", "twins", "build", "push", "bench", "compare")
+COMMANDS = ("zoos", "generate", "twins", "importing", "build", "push", "bench", "compare")
 DESCRIPTION = """The Model Zoos dataset (Schürholt et al., NeurIPS 2022) as software: list the zoo catalogue, generate
 zoos, sparsify them into twins, build them into a Hugging Face dataset repository, push it, and benchmark
 weight-space baselines on it. `modelzoos COMMAND --help` describes each command."""
