@@ -67,6 +67,7 @@ COLUMN_DOCS = {
     "ggap": "train_acc − test_acc",
     "nonfinite": "the state holds NaN or ±inf weights",
     "sparsity": "sparsified twins only: zeroed conv + linear weights ÷ all conv + linear weights (biases excluded)",
+    "trial": "imported configs only: the model's trial folder in the original release",
 }
 SCHEDULES = {"constant": "constant learning rate",
              "onecycle": "OneCycle, stepped per batch (the `lr` column is its peak `max_lr`)"}
@@ -103,7 +104,10 @@ def _fmt(values) -> str:
     return ", ".join(f"`{v}`" for v in values)
 
 
-def _seeds_rule(seeds: dict) -> str:
+def _seeds_rule(seeds: dict, imported: bool) -> str:
+    if imported and "random" in seeds:
+        return (f"{seeds['random']} models per grid point, each with the seed its original trial drew (column `seed`); "
+                "a grid point's models hold its trials in ascending order of seed")
     if "range" in seeds:
         a, b = seeds["range"]
         return (f"seeds {a}…{b}: every grid point is trained once per seed ({b - a + 1:,} replicates); all "
@@ -124,6 +128,37 @@ def _twins_section(twins: dict | None) -> str:
             f"`{json.dumps(twins['settings'], ensure_ascii=False)}`.\n")
 
 
+def _imported_section(imported: dict | None) -> str:
+    if not imported:
+        return ""
+    release = imported["release"]
+    record = f" ({release['record']})" if release.get("record") else ""
+    files = ", ".join(f"`{s['name']}`" for s in imported["sources"])
+    models, states = imported["models"], imported["states"]
+    lacking = []
+    if models["missing"]:
+        lacking.append(f"{len(models['missing']):,} of the spec's {models['spec']:,} models")
+    if states["missing"]:
+        lacking.append(f"{len(states['missing']):,} states of the models it holds")
+    layouts = "; ".join(f"`{k}`: " + ", ".join(f"{n:,} × {d}" for d, n in v.items())
+                        for k, v in imported["index_layouts"].items())
+    return (f"**The authors' released models**: converted bit-exact by `modelzoos import` from the original release"
+            f"{record}, files {files} (sizes and SHA-256 under `import` in `zoo.json`), license "
+            f"{release['license']}. Cite the paper ({release['citation']}; BibTeX below). The release lacks "
+            f"{' and '.join(lacking) if lacking else 'nothing of this config'}; the column `trial` names each model's "
+            f"original trial folder; epoch-0 train metrics are NaN where the release logged the -999 placeholder. "
+            f"Checkpoint module indices found: {layouts or 'none'}.\n")
+
+
+def _stored(epochs: list[int]) -> str:
+    """``epochs 0–50``, ``epoch 50 only`` or ``epochs 0, 25, 50``."""
+    if len(epochs) == 1:
+        return f"epoch {epochs[0]} only"
+    if epochs == list(range(epochs[0], epochs[-1] + 1)):
+        return f"epochs {epochs[0]}–{epochs[-1]}"
+    return "epochs " + ", ".join(map(str, epochs))
+
+
 def _config_section(cfg: ConfigInfo, repo_id: str) -> str:
     zoo, name = cfg.zoo, cfg.config
     dim = cfg.layout.size
@@ -132,19 +167,20 @@ def _config_section(cfg: ConfigInfo, repo_id: str) -> str:
     models, states = cfg.num_models, sum(cfg.num_rows.values())
     subset = []
     if models < zoo.num_models:
-        subset.append(f"the first {models:,} of the zoo's {zoo.num_models:,} models")
-    stored = f"epochs {epochs[0]}–{epochs[-1]}" if len(epochs) > 1 else f"epoch {epochs[0]} only"
-    if epochs[-1] < zoo.epochs:
-        first = f"epochs {epochs[0]}–{epochs[-1]}" if len(epochs) > 1 else f"only epoch {epochs[0]}"
+        which = "" if cfg.imported else "the first "
+        subset.append(f"{which}{models:,} of the zoo's {zoo.num_models:,} models")
+    stored = _stored(epochs)
+    if epochs != list(range(zoo.epochs + 1)):
+        first = stored if len(epochs) > 1 else f"only epoch {epochs[0]}"
         subset.append(f"{first} of the protocol's {zoo.epochs}")
     coverage = ("This config holds " + " and ".join(subset) + ".") if subset else "This config holds the whole zoo."
     recipe = cfg.data["recipe"]
-    sizes = cfg.data.get("sizes", {})
+    sizes = cfg.data.get("sizes")  # None for imports: the models were trained on the original's own data
     data_recipe = (f"`{recipe['dataset']}` at {recipe['size']}×{recipe['size']} ({recipe['geometry']}), "
                    f"{'grayscale, ' if recipe.get('grayscale') else ''}normalised with mean {recipe['mean']} / "
                    f"std {recipe['std']}, augmentation `{recipe.get('augment', 'none')}`"
                    f"{' (also on validation)' if recipe.get('augment_val') else ''}; images train / val / test "
-                   f"{sizes.get('train', '?'):,} / {sizes.get('val', '?'):,} / {sizes.get('test', '?'):,} "
+                   f"{' / '.join(f'{sizes[k]:,}' for k in ('train', 'val', 'test')) if sizes else 'not recorded'} "
                    f"(split seed {recipe.get('split_seed', '?')}); {cfg.data.get('num_classes', '?')} classes")
     columns = [[f"`{f.name}`", VALUE_TYPES[f.type], COLUMN_DOCS[f.name]] for f in cfg.scalar_columns]
     columns.append(["`weights`", f"fixed_size_list<float32>[{dim}]",
@@ -174,7 +210,7 @@ def _config_section(cfg: ConfigInfo, repo_id: str) -> str:
         input="×".join(map(str, (zoo.in_channels, zoo.data.size, zoo.data.size))),
         classes=str(zoo.num_classes),
         grid_table=_md_table(["axis", "values"], [[a, _fmt(v)] for a, v in zoo.grid.items()]),
-        seeds=_seeds_rule(zoo.seeds),
+        seeds=_seeds_rule(zoo.seeds, cfg.imported is not None),
         optimizer="; ".join(OPTIMIZERS[o].description for o in zoo.grid["optimizer"]),
         batch_size=str(zoo.batch_size),
         epochs_protocol=str(zoo.epochs),
@@ -185,7 +221,7 @@ def _config_section(cfg: ConfigInfo, repo_id: str) -> str:
         layout_table=_md_table(["tensor", "shape", "offset", "kind"], layout_rows),
         repo_id=repo_id,
         last_epoch=str(epochs[-1]),
-        twins=_twins_section(cfg.twins),
+        twins=_twins_section(cfg.twins) + _imported_section(cfg.imported),
     )
 
 

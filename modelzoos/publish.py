@@ -107,7 +107,8 @@ def _config_info(src: _Source, splits: dict[str, list[int]], num_rows: dict[str,
     return ConfigInfo(config=src.name, layout=zd.layout, zoo=zd.zoo, data=zd.info["data"], splits=splits,
                       num_rows=num_rows, epochs=sorted(int(e) for e in zd.metadata["epoch"].unique()),
                       num_models=sum(len(v) for v in splits.values()),
-                      twins=section_record(zd.info, "twins") or None)
+                      twins=section_record(zd.info, "twins") or None,
+                      imported=section_record(zd.info, "import") or None)
 
 
 # ---------------------------------------------------------------------------------------------------------

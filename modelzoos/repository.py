@@ -45,6 +45,7 @@ LOG_SIGMA2 = "log_sigma2"  # variational-dropout twins: float32 [D'] per row, la
 # The scalar columns of a row: metadata.parquet's minus the pointers into the weights files; then the vectors.
 COLUMNS: tuple[pa.Field, ...] = tuple(f for f in METADATA_SCHEMA if f.name not in ("weights_file", "weights_row"))
 TWIN_COLUMNS: tuple[pa.Field, ...] = (pa.field("sparsity", pa.float64()),)  # sparsified twins add these
+IMPORT_COLUMNS: tuple[pa.Field, ...] = (pa.field("trial", pa.string()),)  # imports of the original release add these
 VALUE_TYPES = {pa.string(): "string", pa.int64(): "int64", pa.float64(): "float64", pa.bool_(): "bool"}
 SHARD = re.compile(r"^(?P<split>[a-z]+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.parquet$")
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*(?:\r?\n|\Z)", re.S | re.M)
@@ -85,7 +86,9 @@ class ConfigInfo:
     data recipe, training protocol, grid); ``data`` the source zoo's image data record (``recipe``, ``sizes``,
     ``sha256``, ``num_classes``); ``splits`` the model ids of each split; ``num_rows`` the rows per split;
     ``epochs`` the stored epochs; ``twins`` the twin record of a sparsified-twin config (method, settings,
-    source run, ``log_sigma2_layout`` for VD; None otherwise); ``source`` the file it was read from.
+    source run, ``log_sigma2_layout`` for VD; None otherwise); ``imported`` the import record of a config
+    converted from the original release (``modelzoos import``: release record, source files, missing models and
+    states; None otherwise); ``source`` the file it was read from.
     """
 
     config: str
@@ -97,6 +100,7 @@ class ConfigInfo:
     epochs: list[int]
     num_models: int
     twins: dict | None = None
+    imported: dict | None = None
     source: str = field(default="", compare=False)
 
     def split_of(self, model_id: int) -> str:
@@ -109,7 +113,7 @@ class ConfigInfo:
     @property
     def scalar_columns(self) -> tuple[pa.Field, ...]:
         """The metadata columns of a row, in order (before the vectors)."""
-        return COLUMNS + (TWIN_COLUMNS if self.twins else ())
+        return COLUMNS + (TWIN_COLUMNS if self.twins else ()) + (IMPORT_COLUMNS if self.imported else ())
 
     @property
     def vectors(self) -> dict[str, int]:
@@ -136,7 +140,7 @@ class ConfigInfo:
         return ({"twins": self.twins} if self.twins else {}) | {
             "format_version": FORMAT_VERSION, "config": self.config, "zoo": self.zoo.to_dict(),
             "layout": self.layout.to_json(), "data": self.data, "splits": self.splits, "num_rows": self.num_rows,
-            "epochs": self.epochs, "num_models": self.num_models}
+            "epochs": self.epochs, "num_models": self.num_models} | ({"import": self.imported} if self.imported else {})
 
     @classmethod
     def from_json(cls, raw: Any, origin: str) -> ConfigInfo:
@@ -161,7 +165,7 @@ class ConfigInfo:
                    splits=splits, num_rows={k: int(v) for k, v in raw.get("num_rows", {}).items()},
                    epochs=[int(e) for e in raw.get("epochs", [])],
                    num_models=int(raw.get("num_models", sum(map(len, splits.values())))),
-                   twins=raw.get("twins") or None, source=origin)
+                   twins=raw.get("twins") or None, imported=raw.get("import") or None, source=origin)
 
     @classmethod
     def read(cls, path: Path, config: str | None = None) -> ConfigInfo:
