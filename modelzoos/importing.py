@@ -197,6 +197,7 @@ class Import:
 
     def _epoch(self, epoch: int, chunk: list[ModelConfig], trials: list[Trial], data: dict[Member, bytes | MemberError],
                results: list[dict], notes: list[str]) -> EpochResult:
+        """The chunk's states at ``epoch`` from the checkpoint bytes ``data``; ``notes`` join the epoch file."""
         zoo = self.run.zoo
         m = len(chunk)
         weights = torch.zeros(m, zoo.layout.size)
@@ -229,9 +230,11 @@ class Import:
                 continue
             for k in METRICS:
                 metrics[k][i] = line[k]
-            if ls is not None:
-                metrics["sparsity_ratio"][i] = line["sparsity_ratio"]
-            if ls is not None and not math.isclose(sparsity, line["sparsity_ratio"], abs_tol=1e-6):
+            if ls is None:
+                continue
+            metrics["sparsity_ratio"][i] = line["sparsity_ratio"]
+            if not math.isnan(line["sparsity_ratio"]) and not math.isclose(sparsity, line["sparsity_ratio"],
+                                                                             abs_tol=1e-6):
                 notes.append(f"model {c.model_id} epoch {epoch}: sparsity {sparsity:.6f} from the weights, the release "
                              f"logged sparsity_ratio {line['sparsity_ratio']:.6f}")
         metrics["notes"] = notes

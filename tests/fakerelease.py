@@ -16,7 +16,7 @@ import os
 import pickle
 import tarfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,9 +141,9 @@ def adam_state(model: nn.Module, step: int) -> dict:
     return opt.state_dict()
 
 
-def write_experiment(root: Path, experiment: str, trials: list[FakeTrial]) -> Path:
+def write_experiment(root: Path, experiment: str, trials: Iterable[FakeTrial]) -> Path:
     """``root/experiment/`` with its config and Ray files, ``dataset.pt`` (a Boom pickle) and every trial folder
-    (params.json, params.pkl, result.json, progress.csv, checkpoint_<epoch:06d>/{checkpoints, optimizer})."""
+    (``write_trial``); ``trials`` may be a generator (one trial in memory at a time)."""
     folder = root / experiment
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps({"model::type": "grid_search(...)"}))
@@ -151,26 +151,32 @@ def write_experiment(root: Path, experiment: str, trials: list[FakeTrial]) -> Pa
     (folder / "experiment_state-2021-07-01_16-59-53.json").write_text("{}")
     (folder / "dataset.pt").write_bytes(pickle.dumps({"trainset": Boom()}))
     for t in trials:
-        tdir = folder / t.name
-        tdir.mkdir()
-        (tdir / "params.json").write_text(json.dumps(t.params))
-        (tdir / "params.pkl").write_bytes(pickle.dumps(Boom()))
-        lines = []
-        for e, metrics in sorted(t.results.items()):
-            lines.append(json.dumps({**metrics, "training_iteration": e, "time_this_iter_s": 1.0, "done": False,
-                                     "trial_id": t.name[:20], "hostname": "node1", "config": t.params}))
-        (tdir / "result.json").write_text("\n".join(lines) + ("\n" if lines else ""))
-        (tdir / "progress.csv").write_text("training_iteration\n" + "\n".join(map(str, sorted(t.results))))
-        for e, state in t.states.items():
-            cdir = tdir / f"checkpoint_{e:06d}"
-            save(state, cdir / "checkpoints")
-            if e in t.damage:
-                path = cdir / "checkpoints"
-                path.write_bytes(t.damage[e](path.read_bytes()))
-            if e in t.optimizers:
-                save(t.optimizers[e], cdir / "optimizer")
-            (cdir / ".tune_metadata").write_bytes(b"ray")
+        write_trial(folder, t)
     return folder
+
+
+def write_trial(folder: Path, t: FakeTrial) -> None:
+    """One trial folder: params.json, params.pkl (a Boom pickle), result.json, progress.csv and
+    checkpoint_<epoch:06d>/{checkpoints, optimizer, .tune_metadata}."""
+    tdir = folder / t.name
+    tdir.mkdir()
+    (tdir / "params.json").write_text(json.dumps(t.params))
+    (tdir / "params.pkl").write_bytes(pickle.dumps(Boom()))
+    lines = []
+    for e, metrics in sorted(t.results.items()):
+        lines.append(json.dumps({**metrics, "training_iteration": e, "time_this_iter_s": 1.0, "done": False,
+                                 "trial_id": t.name[:20], "hostname": "node1", "config": t.params}))
+    (tdir / "result.json").write_text("\n".join(lines) + ("\n" if lines else ""))
+    (tdir / "progress.csv").write_text("training_iteration\n" + "\n".join(map(str, sorted(t.results))))
+    for e, state in t.states.items():
+        cdir = tdir / f"checkpoint_{e:06d}"
+        save(state, cdir / "checkpoints")
+        if e in t.damage:
+            path = cdir / "checkpoints"
+            path.write_bytes(t.damage[e](path.read_bytes()))
+        if e in t.optimizers:
+            save(t.optimizers[e], cdir / "optimizer")
+        (cdir / ".tune_metadata").write_bytes(b"ray")
 
 
 def truncate(data: bytes) -> bytes:
