@@ -347,22 +347,20 @@ def parse_epochs(text: str) -> list[int]:
 
 
 def _digests(sources: list, cache_path: Path) -> list[dict]:
-    """{name, kind, bytes, sha256} per source; digests reused from ``cache_path`` while size and mtime match."""
+    """{name, kind, bytes, sha256} per source; digests reused from ``cache_path`` while the source's size and
+    modification time (``Source.fingerprint``) are those it was hashed at."""
     try:
         cache = json.loads(cache_path.read_text())
     except (OSError, json.JSONDecodeError):
         cache = {}
     out = []
     for src in sources:
-        stat = src.path.stat()
+        size, mtime = src.fingerprint()
         key = str(src.path.resolve())
         hit = cache.get(key)
-        if src.kind != "folder" and hit and hit["mtime_ns"] == stat.st_mtime_ns and hit["bytes"] == stat.st_size:
-            size, digest = hit["bytes"], hit["sha256"]
-        else:
-            size, digest = src.digest()
-            cache[key] = {"bytes": size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
-        out.append({"name": src.path.name, "kind": src.kind, "bytes": size, "sha256": digest})
+        if not (hit and hit["bytes"] == size and hit["mtime_ns"] == mtime):
+            hit = cache[key] = {"bytes": size, "mtime_ns": mtime, "sha256": src.digest()}
+        out.append({"name": src.path.name, "kind": src.kind, "bytes": size, "sha256": hit["sha256"]})
     write_json(cache_path, cache)
     return out
 
@@ -439,7 +437,7 @@ def _record(zoo: Zoo, spec_ids: Sequence[int], chosen: list[tuple[Trial, ModelCo
         "sources": digests,
         "experiment": experiment,
         "environment": {"software": SOFTWARE, "hardware": HARDWARE.get(zoo.architecture, "unknown"),
-                        "cuda_trials": sum(bool(p.values.get("cuda", False)) for p in params)},
+                        "cuda_trials": sum(p.cuda for p in params)},
         "epochs": list(kept),
         "model_order": ORDER_RULE,
         "models": {"spec": len(spec_ids), "imported": len(present),

@@ -111,14 +111,18 @@ class Source:
         """The bytes of ``member``; MemberError when they cannot be read whole."""
         raise NotImplementedError
 
-    def digest(self) -> tuple[int, str]:
-        """(bytes, SHA-256 hex) of the source file."""
-        h, size = hashlib.sha256(), 0
+    def fingerprint(self) -> tuple[int, int]:
+        """(bytes, modification time in ns): what a cached digest is checked against."""
+        stat = self.path.stat()
+        return stat.st_size, stat.st_mtime_ns
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the source file."""
+        h = hashlib.sha256()
         with open(self.path, "rb") as f:
             while block := f.read(HASH_BLOCK):
                 h.update(block)
-                size += len(block)
-        return size, h.hexdigest()
+        return h.hexdigest()
 
     def close(self) -> None:
         if self._handle is not None:
@@ -147,18 +151,21 @@ class FolderSource(Source):
         except OSError as err:
             raise MemberError(f"{self.location(member.name)}: cannot be read ({err})") from err
 
-    def digest(self) -> tuple[int, str]:
-        """(bytes of all files, SHA-256 of the manifest): one line ``<name>\\t<bytes>\\t<sha256>\\n`` per file, in
-        ``members`` order."""
-        manifest, total = hashlib.sha256(), 0
+    def fingerprint(self) -> tuple[int, int]:
+        """(bytes of all files, the newest modification time in ns)."""
+        stats = [(self.path.parent / name).stat() for name, _, _ in self.members()]
+        return sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
+
+    def digest(self) -> str:
+        """SHA-256 of the manifest: one line ``<name>\\t<bytes>\\t<sha256>\\n`` per file, in ``members`` order."""
+        manifest = hashlib.sha256()
         for name, size, _ in self.members():
             h = hashlib.sha256()
             with open(self.path.parent / name, "rb") as f:
                 while block := f.read(HASH_BLOCK):
                     h.update(block)
             manifest.update(f"{name}\t{size}\t{h.hexdigest()}\n".encode())
-            total += size
-        return total, manifest.hexdigest()
+        return manifest.hexdigest()
 
 
 class ZipSource(Source):
@@ -497,6 +504,7 @@ class TrialParams:
     values: dict  # ModelConfig field → value (PARAMS)
     init_checkpoint: str  # twins: the source trial (``training::init_checkpoint_path``)
     sample_epoch: int  # twins: the source epoch (``training::sample_epoch``)
+    cuda: bool  # the trial's ``cuda`` flag (trained on a GPU)
 
 
 def trial_params(params: dict, where: str) -> TrialParams:
@@ -520,7 +528,7 @@ def trial_params(params: dict, where: str) -> TrialParams:
     twin = kind in TWIN_TYPES
     return TrialParams(MODEL_TYPES[kind], twin, int(get("model::channels_in")), values,
                        str(params.get("training::init_checkpoint_path", "")) if twin else "",
-                       int(params.get("training::sample_epoch", -1)) if twin else -1)
+                       int(params.get("training::sample_epoch", -1)) if twin else -1, params.get("cuda") is True)
 
 
 def _same(a, b) -> bool:

@@ -163,6 +163,14 @@ def test_damaged_and_missing_states_are_listed_never_dropped_silently(seed_impor
     assert {p.suffix for p in s.zoo_dir.path.rglob("*") if p.is_file()} == {".json", ".parquet", ".safetensors"}
 
 
+def test_rerun_of_a_finished_import_is_a_no_op(seed_import, seed_release):
+    path = seed_import.zoo_dir.path
+    before = {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.name != ".sources-sha256.json"}
+    again = import_zoo([seed_release["folder"]], seed_release["zoo"], path, chunk_size=3, progress=False)
+    assert before == {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.name != ".sources-sha256.json"}
+    assert again.missing_states == seed_import.missing_states and again.problems == seed_import.problems
+
+
 @pytest.mark.parametrize("kind", ["zip", "tar", "tar.gz"])
 def test_archives_import_exactly_like_the_folder(kind, seed_release, seed_import, tmp_path):
     s = import_zoo([seed_release[kind]], seed_release["zoo"], tmp_path / kind, chunk_size=3, progress=False)
@@ -412,11 +420,14 @@ def test_resnet18_trial_with_batchnorm_buffers(tmp_path, one_thread):
     params = cnn_params(1, model_type="Resnet18", channels=3, init="kaiming_uniform", activation="relu",
                         optimizer="sgd", lr=0.05, wd=5e-4, batch_size=256, epochs=1)
     del params["model::dropout"]
+    params["cuda"] = True
     folder = write_experiment(tmp_path, zoo.source, [FakeTrial(trial_name(0, "seed=1"), params, states,
                                                                results=results)])
     s = import_zoo([folder], zoo, tmp_path / "r", progress=False)
     zd = s.zoo_dir
     assert "bn1.running_mean" in {e.name for e in zd.layout.entries}
+    assert zd.info["import"]["environment"]["cuda_trials"] == 1 and s.index_layouts == {"torchvision": {
+        "dropout 0.0": 1}}
     for e, st in states.items():
         got = zd.state(0, e)
         assert all(torch.equal(got[k], v) for k, v in st.items() if v.is_floating_point())
