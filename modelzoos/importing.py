@@ -49,6 +49,7 @@ from modelzoos.export import (
     write_chunk,
 )
 from modelzoos.files import write_json
+from modelzoos.optimizers import OPTIMIZERS
 from modelzoos.release import (
     Index,
     Member,
@@ -59,10 +60,12 @@ from modelzoos.release import (
     ard_state,
     check_protocol,
     index,
+    load_checkpoint,
     load_tensors,
     match,
     model_state,
     open_source,
+    optimizer_state,
     read_json,
     read_members,
     read_results,
@@ -170,7 +173,9 @@ class Import:
         random_access = all(s.random_access for s in self.index.sources)
 
         def wanted(epoch: int) -> list[Member]:
-            return [t.checkpoints[epoch] for t in trials if epoch in t.checkpoints]
+            found = [t for t in trials if epoch in t.checkpoints]
+            optimizers = [t.optimizers[epoch] for t in found if epoch in t.optimizers]
+            return [t.checkpoints[epoch] for t in found] + (optimizers if self.run.optimizer_state else [])
 
         # a forward-only archive: the chunk's members in archive order, held until written; else one epoch at a time
         held = {} if random_access else dict(read_members(self.index, [m for e in epochs for m in wanted(e)]))
@@ -238,7 +243,42 @@ class Import:
                 notes.append(f"model {c.model_id} epoch {epoch}: sparsity {sparsity:.6f} from the weights, the release "
                              f"logged sparsity_ratio {line['sparsity_ratio']:.6f}")
         metrics["notes"] = notes
-        return TwinEpoch(epoch, weights, metrics, {}, log_sigma2=ls2)
+        optimizer = self._optimizer(epoch, chunk, trials, data, metrics) if self.run.optimizer_state else None
+        return TwinEpoch(epoch, weights, metrics, {}, optimizer, log_sigma2=ls2)
+
+    def _optimizer(self, epoch: int, chunk: list[ModelConfig], trials: list[Trial],
+                   data: dict[Member, bytes | MemberError], metrics: dict[str, list]) -> dict[str, torch.Tensor]:
+        """``EpochResult.optimizer`` of the chunk's present states at ``epoch`` from their ``optimizer`` files
+        (docs/format.md, "Optimizer states"): NaN rows where the model's optimizer lacks the slot, or the file is
+        missing or unreadable (a note says which), step -1 where unknown."""
+        params = self.run.zoo.layout.parameters()
+        m = len(chunk)
+        slots = dict.fromkeys(s for c in chunk for s in OPTIMIZERS[c.optimizer].slots)
+        out = {s: torch.full((m, params.size), math.nan) for s in slots}
+        steps = torch.full((m,), -1, dtype=torch.int64)
+        for i, (c, t) in enumerate(zip(chunk, trials, strict=True)):
+            member = t.optimizers.get(epoch)
+            if not metrics["present"][i]:
+                continue
+            if member is None:
+                metrics["notes"].append(f"model {c.model_id} ({t.name}) epoch {epoch}: no optimizer file in the "
+                                        "release; its optimizer state is NaN")
+                continue
+            where = self.index.location(member)
+            try:
+                got = data[member]
+                if isinstance(got, MemberError):
+                    raise got
+                flat, step = optimizer_state(load_checkpoint(got, where), params, OPTIMIZERS[c.optimizer].slots,
+                                             where)
+            except MemberError as err:
+                metrics["notes"].append(f"{err}; the optimizer state of model {c.model_id} epoch {epoch} is NaN")
+                continue
+            for slot, vector in flat.items():
+                out[slot][i] = vector
+            steps[i] = step
+            metrics["bytes"][i] += member.size
+        return out | {"step": steps}
 
     def _decode(self, raw: dict[str, torch.Tensor], where: str) -> tuple[torch.Tensor, float, torch.Tensor | None]:
         """(flat weights [D], sparsity, flat log σ² [D'] or None) of one checkpoint."""
@@ -365,10 +405,13 @@ def _digests(sources: list, cache_path: Path) -> list[dict]:
     return out
 
 
-def chunk_size(zoo: Zoo, models: int, random_access: bool, kept: int, member_bytes: int, workers: int) -> int:
-    """Models per chunk: as many as keep ``CHUNK_BYTES`` (one epoch of weights [chunk, D]; a forward-only
-    archive: the raw checkpoints of every kept epoch), at most ⌈models / workers⌉, at least 1."""
-    per_model = zoo.layout.size * 4 if random_access else kept * member_bytes
+def chunk_size(zoo: Zoo, models: int, random_access: bool, kept: int, member_bytes: int, workers: int,
+               optimizer_state: bool = False) -> int:
+    """Models per chunk: as many as keep ``CHUNK_BYTES`` (one epoch of weights [chunk, D], with
+    ``optimizer_state`` also its optimizer slots [chunk, P] each; a forward-only archive: the raw files of every
+    kept epoch, ``member_bytes`` per model and epoch), at most ⌈models / workers⌉, at least 1."""
+    slots = max(len(OPTIMIZERS[o].slots) for o in zoo.grid["optimizer"]) if optimizer_state else 0
+    per_model = (zoo.layout.size + slots * zoo.layout.num_parameters) * 4 if random_access else kept * member_bytes
     return max(1, min(math.ceil(models / workers), CHUNK_BYTES // max(1, per_model)))
 
 
@@ -468,7 +511,7 @@ def _kept(zoo: Zoo, epochs: Sequence[int] | None) -> tuple[int, ...]:
 
 
 def _run(zoo: Zoo, chosen: list[tuple[Trial, ModelConfig]], kept: tuple[int, ...], idx: Index, size: int | None,
-         workers: int) -> ImportRun:
+         workers: int, optimizer_state: bool = False) -> ImportRun:
     random_access = all(s.random_access for s in idx.sources)
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
@@ -478,10 +521,11 @@ def _run(zoo: Zoo, chosen: list[tuple[Trial, ModelConfig]], kept: tuple[int, ...
                          "(gunzip keeps the tar) to read it with several workers")
     if size is not None and size < 1:
         raise ValueError(f"--chunk-size must be at least 1, got {size}")
-    members = [m.size for t, _ in chosen for m in t.checkpoints.values()]
-    size = size or chunk_size(zoo, len(chosen), random_access, len(kept), max(members, default=1), workers)
+    member_bytes = max((m.size + (t.optimizers[e].size if optimizer_state and e in t.optimizers else 0)
+                        for t, _ in chosen for e, m in t.checkpoints.items()), default=1)
+    size = size or chunk_size(zoo, len(chosen), random_access, len(kept), member_bytes, workers, optimizer_state)
     configs = tuple(c for _, c in chosen)
-    return ImportRun(zoo, len(configs), kept[-1], ENGINE, size, imported=configs, kept=kept)
+    return ImportRun(zoo, len(configs), kept[-1], ENGINE, size, optimizer_state, imported=configs, kept=kept)
 
 
 def _produce(out: str | Path, producer: Import, workers: int, progress: bool) -> ImportSummary:
@@ -492,14 +536,16 @@ def _produce(out: str | Path, producer: Import, workers: int, progress: bool) ->
 
 def import_zoo(sources: Sequence[str | Path], zoo: Zoo, out: str | Path, *, epochs: Sequence[int] | None = None,
                experiment: str | None = None, source_url: str | None = None, workers: int = 1,
-               chunk_size: int | None = None, progress: bool = True) -> ImportSummary:
+               chunk_size: int | None = None, progress: bool = True, optimizer_state: bool = False) -> ImportSummary:
     """Import the trials of ``zoo``'s experiment folder found in ``sources`` (folders, zips, tars) into the zoo
     directory ``out`` (resumable; a finished directory is left as it is) and return the summary.
 
     ``epochs``: the epochs to keep (default all 0..zoo.epochs). ``experiment``: the experiment folder (default
     ``zoo.source``). ``source_url``: the record the files came from (default: the zoo's record in ``RECORDS``).
-    ``workers``: processes reading chunks in parallel. Raises ReleaseError for a trial that fits no model of the
-    spec (naming the trial and the key), a file passed twice, or an experiment not found.
+    ``workers``: processes reading chunks in parallel. ``optimizer_state``: also keep every state's optimizer
+    file (Adam moments, SGD momentum) as the epoch files' ``optimizer.<slot>`` tensors (docs/format.md). Raises
+    ReleaseError for a trial that fits no model of the spec (naming the trial and the key), a file passed twice,
+    or an experiment not found.
     """
     experiment = experiment or zoo.source
     if not experiment:
@@ -513,7 +559,7 @@ def import_zoo(sources: Sequence[str | Path], zoo: Zoo, out: str | Path, *, epoc
                            "--twins-of the imported source zoo")
     configs = match([(t.name, p) for t, p in plan.trials], zoo)
     chosen = [(t, c) for (t, _), c in zip(plan.trials, configs, strict=True)]
-    run = _run(_imported_zoo(zoo), chosen, kept, plan.index, chunk_size, workers)
+    run = _run(_imported_zoo(zoo), chosen, kept, plan.index, chunk_size, workers, optimizer_state)
     Path(out).mkdir(parents=True, exist_ok=True)
     layouts = _layouts(plan.index, chosen, kept, zoo, None)
     record = _record(zoo, [c.model_id for c in zoo.models()], chosen, kept,

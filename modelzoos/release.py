@@ -489,6 +489,50 @@ def ard_state(raw: dict[str, torch.Tensor], zoo: Zoo, ls_layout: Layout, where: 
     return dense, ls2, ",".join(map(str, indices))
 
 
+def optimizer_state(obj: object, params: Layout, slots: tuple[str, ...], where: str,
+                    ) -> tuple[dict[str, torch.Tensor], int]:
+    """({slot: flat float32 [P] in ``params``}, optimizer steps taken) of a release's ``optimizer`` file: torch's
+    ``Optimizer.state_dict()``, ``{"state": {id: {slot: tensor, "step": n}}, "param_groups": [{"params": [id,
+    …]}]}``. The groups' i-th parameter is the i-th entry of ``params`` (the original model's parameter order is
+    the layout's; shapes are checked). A parameter without state, or with a ``None`` buffer, is zeros (no step
+    taken yet: torch's optimizers start from zeros). Steps: the ``step`` the state records (Adam); 0 without
+    any state; -1 when the state records none (SGD). MemberError names ``where`` and what does not fit."""
+    groups = obj.get("param_groups") if isinstance(obj, dict) else None
+    state = obj.get("state") if isinstance(obj, dict) else None
+    if not isinstance(groups, list) or not isinstance(state, dict) or not all(
+            isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+        raise MemberError(f"{where}: not an optimizer state dict (expected keys 'state' and 'param_groups')")
+    ids = [i for g in groups for i in g["params"]]
+    if len(ids) != len(params.entries):
+        raise MemberError(f"{where}: the optimizer holds {len(ids)} parameters, the architecture has "
+                          f"{len(params.entries)}")
+    out: dict[str, dict[str, torch.Tensor]] = {slot: {} for slot in slots}
+    steps = set()
+    for i, entry in zip(ids, params.entries, strict=True):
+        s = state.get(i, {})
+        if not isinstance(s, dict):
+            raise MemberError(f"{where}: the state of parameter {i} ({entry.name}) is not a mapping")
+        if s and "step" in s:
+            steps.add(int(s["step"]))
+        for slot in slots:
+            value = s.get(slot) if s else None
+            if s and slot not in s:
+                raise MemberError(f"{where}: parameter {i} ({entry.name}) has no {slot!r} (holds "
+                                  f"{', '.join(sorted(map(str, s)))}): not the trial's optimizer")
+            if value is None:
+                value = torch.zeros(entry.shape)
+            if not isinstance(value, torch.Tensor) or value.dtype != torch.float32 or tuple(value.shape) != entry.shape:
+                got = (f"{value.dtype} {list(value.shape)}" if isinstance(value, torch.Tensor)
+                       else type(value).__name__)
+                raise MemberError(f"{where}: {slot} of parameter {i} ({entry.name}) is {got}, expected float32 "
+                                  f"{list(entry.shape)}")
+            out[slot][entry.name] = value
+    if len(steps) > 1:
+        raise MemberError(f"{where}: the parameters record different steps {sorted(steps)}")
+    step = steps.pop() if steps else (0 if not any(state.values()) else -1)
+    return {slot: params.flatten(tensors) for slot, tensors in out.items()}, step
+
+
 # ---------------------------------------------------------------------------------------------------------
 # params.json → the zoo's models
 # ---------------------------------------------------------------------------------------------------------

@@ -132,12 +132,23 @@ def cnn_results(epochs: int, seed: int, val: bool = False, placeholder: bool = T
 
 
 def adam_state(model: nn.Module, step: int) -> dict:
-    """An Adam optimizer state dict of ``model``'s parameters (moments seeded by ``step``)."""
+    """An Adam optimizer state dict of ``model``'s parameters after ``step`` steps (moments seeded by ``step``;
+    no state at step 0, as torch's before the first step)."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(step)
-    for p in model.parameters():
+    for p in model.parameters() if step else ():
         opt.state[p] = {"step": torch.tensor(float(step)), "exp_avg": torch.randn(p.shape, generator=g),
                         "exp_avg_sq": torch.rand(p.shape, generator=g)}
+    return opt.state_dict()
+
+
+def sgd_state(model: nn.Module, step: int) -> dict:
+    """An SGD (momentum 0.9) optimizer state dict of ``model``'s parameters after ``step`` steps (momentum buffers
+    seeded by ``step``; no state at step 0). torch's SGD records no step."""
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    g = torch.Generator().manual_seed(step + 1000)
+    for p in model.parameters() if step else ():
+        opt.state[p] = {"momentum_buffer": torch.randn(p.shape, generator=g)}
     return opt.state_dict()
 
 

@@ -25,11 +25,13 @@ from fakerelease import (
     cnn_results,
     evolve,
     original_resnet18,
+    sgd_state,
     tar_folder,
     truncate,
     write_experiment,
     zip_folder,
 )
+from safetensors import safe_open
 
 from modelzoos import export
 from modelzoos.catalogue import get_zoo
@@ -161,6 +163,8 @@ def test_damaged_and_missing_states_are_listed_never_dropped_silently(seed_impor
     assert record["release"]["record"] == "https://doi.org/10.5281/zenodo.6632086"
     assert json.loads(pq.read_schema(s.zoo_dir.path / "metadata.parquet").metadata[b"modelzoos.import"]) == record
     assert {p.suffix for p in s.zoo_dir.path.rglob("*") if p.is_file()} == {".json", ".parquet", ".safetensors"}
+    with pytest.raises(export.ZooFileError, match="no optimizer states"):  # weights only by default
+        s.zoo_dir.optimizer_state(0, 1)
 
 
 def test_rerun_of_a_finished_import_is_a_no_op(seed_import, seed_release):
@@ -340,6 +344,67 @@ def test_round_trip_import_build_load_dataset_build_module_gives_the_original_lo
                 assert torch.equal(build_module(row, info)(x), model.eval()(x))
             checked += 1
     assert checked == 16
+
+
+def test_optimizer_states_of_adam_and_sgd_trials_round_trip(tmp_path, capsys):
+    """--optimizer-state: the release's optimizer files as main's optimizer.<slot> tensors (one chunk mixing Adam
+    and SGD), read back by ZooDir.optimizer_state equal to what the trials saved; a missing file is NaN and noted."""
+    zoo = spec(tmp_path, """
+        extends = "mnist_cnn_hyp_fix"
+        name = "mnist_cnn_hyp_fix"
+        epochs = 2
+        [grid]
+        init = ["uniform"]
+        activation = ["tanh"]
+        optimizer = ["adam", "sgd"]
+        lr = [0.001]
+        weight_decay = [0.0]
+        dropout = [0.0]
+        [seeds]
+        range = [1, 2]
+    """)
+    saved, trials = {}, []
+    for i, (seed, opt) in enumerate([(1, "sgd"), (1, "adam"), (2, "adam"), (2, "sgd")]):
+        torch.manual_seed(seed)
+        model = OriginalCNN("cnn", 1, "tanh", 0.0, inserted=False)
+        make = {"adam": adam_state, "sgd": sgd_state}[opt]
+        saved[(seed, opt)] = {e: make(model, e * 10 + i) if e else make(model, 0) for e in range(3)}
+        t = FakeTrial(trial_name(i, f"optimizer={opt},seed={seed}"), cnn_params(seed, optimizer=opt, lr=1e-3),
+                      evolve(model, 2, seed), dict(saved[(seed, opt)]), cnn_results(2, seed))
+        if (seed, opt) == (2, "sgd"):
+            del t.optimizers[1]
+        trials.append(t)
+    folder = write_experiment(tmp_path, "tune_zoo_mnist_hyperparameter_10_fixed_seeds", trials)
+    out = tmp_path / "opt"
+    assert main(["import", str(folder), "--zoo", str(zoo.path), "--out", str(out), "--optimizer-state",
+                 "--quiet"]) == 0
+    assert "model 3 (" in capsys.readouterr().out  # the missing optimizer file is a listed problem
+    zd = ZooDir(out)
+    assert zd.info["run"]["optimizer_state"] is True and len(zd.metadata) == 12
+    names = [e.name for e in zd.layout.parameters().entries]
+    checked = 0
+    for row in zd.metadata.itertuples():
+        got = zd.optimizer_state(row.model_id, row.epoch)
+        state = saved[(row.seed, row.optimizer)][row.epoch]["state"]
+        if (row.seed, row.optimizer, row.epoch) == (2, "sgd", 1):
+            assert got == {"step": -1}  # no file: NaN rows, step unknown
+            continue
+        slots = {"adam": ("exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}[row.optimizer]
+        assert set(got) == {*slots, "step"}
+        for slot in slots:
+            for j, name in enumerate(names):
+                want = state[j][slot] if state else torch.zeros_like(got[slot][name])
+                assert torch.equal(got[slot][name], want)
+        steps = {int(s["step"]) for s in state.values() if "step" in s}
+        assert got["step"] == (steps.pop() if steps else 0 if not state else -1)  # torch's SGD records no step
+        checked += 1
+    assert checked == 11
+    with safe_open(str(out / zd.metadata.weights_file[0]), framework="pt") as f:  # one chunk: both optimizers
+        sgd_rows = f.get_tensor("optimizer.momentum_buffer")[
+            [r.weights_row for r in zd.metadata[zd.metadata.epoch == 0].itertuples() if r.optimizer == "adam"]]
+    assert sgd_rows.isnan().all()
+    assert main(["import", str(folder), "--twins-of", str(out), "--out", str(tmp_path / "t"),
+                 "--optimizer-state"]) == 2
 
 
 def test_hyp_rand_trials_fill_replicates_by_released_seed(tmp_path):

@@ -33,6 +33,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="experiment folder holding the trials (default: the zoo's `source`)")
     p.add_argument("--source-url", default=None, help="record (URL or DOI) the files came from (default: the "
                                                        "zoo's record of the release, where known)")
+    p.add_argument("--optimizer-state", action="store_true",
+                   help="also keep every state's optimizer file (Adam moments, SGD momentum) in the epoch files, as "
+                        "`generate --optimizer-state` does (docs/format.md); default: weights only; not with "
+                        "--twins-of")
     p.add_argument("--json", action="store_true", help="print the whole summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -51,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
                "source_url": args.source_url, "workers": args.workers, "chunk_size": args.chunk_size,
                "progress": not args.quiet}
     if args.zoo is not None:
-        s = import_zoo(args.sources, get_zoo(args.zoo), args.out, **options)
+        s = import_zoo(args.sources, get_zoo(args.zoo), args.out, optimizer_state=args.optimizer_state, **options)
+    elif args.optimizer_state:
+        raise ValueError("--optimizer-state keeps the optimizer files of a zoo's trials; the twins' (with log σ²) "
+                         "are not imported: drop --optimizer-state with --twins-of")
     else:
         s = import_twins(args.sources, args.twins_of, args.out, **options)
     if args.json:
