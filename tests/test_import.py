@@ -7,8 +7,10 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import textwrap
 import time
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -183,6 +185,28 @@ def test_archives_import_exactly_like_the_folder(kind, seed_release, seed_import
     assert a.keys() == b.keys() and all(torch.equal(a[k].nan_to_num(7.0), b[k].nan_to_num(7.0)) for k in a)
     assert [m[:2] for m in s.missing_states] == [m[:2] for m in seed_import.missing_states]
     assert s.zoo_dir.info["import"]["sources"][0]["kind"].startswith(kind.split(".")[0])
+
+
+def test_a_zoo_spread_over_parts_imports_as_one_and_a_partial_release_lists_what_it_lacks(seed_release, seed_import,
+                                                                                          tmp_path):
+    folder = seed_release["folder"]
+    trials = sorted(p for p in folder.iterdir() if p.is_dir())
+    part1 = tmp_path / "part1.tar"
+    with tarfile.open(part1, "w") as t:
+        for p in trials[:4]:
+            t.add(p, arcname=f"{SEED_EXPERIMENT}/{p.name}")
+    part2 = tmp_path / "part2.zip"
+    with zipfile.ZipFile(part2, "w") as z:
+        for p in sorted(q for q in folder.rglob("*") if q.is_file() and q.relative_to(folder).parts[0] not in
+                        {t.name for t in trials[:4]}):
+            z.write(p, p.relative_to(folder.parent).as_posix())
+    both = import_zoo([part1, part2], seed_release["zoo"], tmp_path / "both", chunk_size=3, progress=False)
+    pd.testing.assert_frame_equal(both.zoo_dir.metadata, seed_import.zoo_dir.metadata)
+    first = import_zoo([part1], seed_release["zoo"], tmp_path / "first", chunk_size=3, progress=False)
+    lacking = sorted(seed_release["trials"][int(p.name.split("seed=")[1].split("_")[0])].params["seed"] - 1
+                     for p in trials[4:])
+    assert first.missing_models == lacking and first.models == 4 and first.expected_states == 8 * 3
+    assert first.zoo_dir.info["import"]["models"] == {"spec": 8, "imported": 4, "missing": lacking}
 
 
 def test_workers_give_the_same_zoo(seed_release, seed_import, tmp_path):
