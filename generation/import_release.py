@@ -58,6 +58,8 @@ def main() -> None:
     p.add_argument("--pattern", default="*", help="wildcard over zoo names, e.g. 'mnist_*'")
     p.add_argument("--epochs", default=None, help="epochs to keep, e.g. 0,25,50 (default: all)")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--optimizer-state", action="store_true",
+                   help="also keep the zoos' optimizer states (not the twins'; docs/import.md)")
     args = p.parse_args()
     epochs = None if args.epochs is None else parse_epochs(args.epochs)
     found = experiments(args.downloads)
@@ -70,7 +72,8 @@ def main() -> None:
     for experiment, zoo in zoos.items():
         if experiment not in found:
             continue
-        s = import_zoo(found[experiment], zoo, args.out / zoo.name, epochs=epochs, workers=args.workers)
+        s = import_zoo(found[experiment], zoo, args.out / zoo.name, epochs=epochs, workers=args.workers,
+                       optimizer_state=args.optimizer_state)
         report(s)
         built.append(s.zoo_dir.path)
     for experiment, source_zoo in twins.items():
