@@ -26,12 +26,12 @@ Example::
     for batch in loader:  # {"weights": float32 [256, D], "test_acc": float64 [256]}
         ...
 
-Randomness of transforms: a transform is ``transform(batch, rng) -> batch`` on float32 ``[B, D]`` with an
-explicit ``np.random.Generator`` (the convention of ``modelzoos.transforms``). For every batch the
-generator is seeded from one draw of the process's torch RNG: DataLoader workers seed theirs with
-``get_worker_info().seed`` (base seed + worker id, the base seed drawn from the main process's RNG for
-every epoch), so workers draw independently, every epoch draws anew, and a run is reproducible from
-``torch.manual_seed(s)`` (or the DataLoader's ``generator``), with or without workers.
+Transforms: ``WeightsDataset`` and ``iterable_loader`` apply a ``transform(weights, rng)`` of
+``modelzoos.transforms`` to float32 ``[B, D]`` batches through ``transforms.Augment``, the package's one
+adapter and RNG convention (a fresh generator per batch from one draw of the process's torch RNG:
+independent DataLoader workers, a new draw every epoch, reproducible from ``torch.manual_seed(s)``). A
+transform may return ``transforms.Tokens``: the batch then holds ``weights`` (token values), ``mask``
+(bool) and ``positions`` (int64).
 """
 
 from __future__ import annotations
@@ -55,10 +55,12 @@ from modelzoos.architectures import build_model
 from modelzoos.data import ImageData, load_image_data
 from modelzoos.repository import WEIGHTS, ConfigInfo, config_info
 from modelzoos.training import evaluate
+from modelzoos.transforms import TOKEN_COLUMNS, Augment
 
 __all__ = [
     "WEIGHTS",
     "ConfigInfo",
+    "WeightBatch",
     "WeightsDataset",
     "build_module",
     "collate_weights",
@@ -151,12 +153,6 @@ def evaluate_row(row: Mapping[str, Any], info: ConfigInfo, data_root: str | Path
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _generator(seed: int) -> np.random.Generator:
-    """A generator for one batch: ``seed`` and one draw of this process's torch RNG (see the module docstring)."""
-    draw = int(torch.empty((), dtype=torch.int64).random_().item())
-    return np.random.default_rng([seed, draw])
-
-
 def _is_list(dtype: pa.DataType) -> bool:
     return pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype)
 
@@ -200,6 +196,33 @@ def _to_torch(value: Any) -> Any:
     return value
 
 
+class WeightBatch(Sequence):
+    """One batch of ``WeightsDataset`` rows, held column-wise: ``batch["weights"]`` is a column ``[B, ...]``,
+    ``batch[i]`` the i-th row as a dict, ``len(batch)`` the rows.
+
+    ``collate_weights`` turns it into ``{column: tensor}`` without copying; torch's ``default_collate``
+    (a DataLoader without ``collate_fn``) sees a sequence of row dicts and stacks them into the same
+    result, row by row (slower for big batches).
+    """
+
+    def __init__(self, columns: dict[str, Any]) -> None:
+        self.columns = columns
+        self._rows = len(next(iter(columns.values())))
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def __getitem__(self, key: int | str) -> Any:  # type: ignore[override]
+        if isinstance(key, str):
+            return self.columns[key]
+        if not -self._rows <= key < self._rows:
+            raise IndexError(f"row {key} of a batch of {self._rows}")
+        return {name: values[key] for name, values in self.columns.items()}
+
+    def __repr__(self) -> str:
+        return f"WeightBatch(rows={self._rows}, columns={list(self.columns)})"
+
+
 class WeightsDataset(torch.utils.data.Dataset):
     """A torch ``Dataset`` of whole batches of weights (and metrics) from a map-style ``datasets.Dataset``.
 
@@ -208,18 +231,20 @@ class WeightsDataset(torch.utils.data.Dataset):
             ``filter`` and ``shuffle`` results work too).
         columns: the columns to return; list columns (``weights``) become float32 ``[B, D]``, numeric and
             bool columns ``[B]`` arrays/tensors, string columns lists of str.
-        transform: optional ``transform(weights, rng) -> weights`` on the float32 ``[B, D]`` batch of the
-            ``weights`` column with a fresh ``np.random.Generator`` per batch (module docstring). Its input
-            may be a read-only view of the Arrow buffer: it must return a new array, not modify it.
+        transform: optional ``transform(weights, rng)`` on the float32 ``[B, D]`` batch of the ``weights``
+            column, applied through ``transforms.Augment`` (a fresh generator per batch, module docstring).
+            Its input may be a read-only view of the Arrow buffer: it must return a new array. It may return
+            ``transforms.Tokens`` (the batch then also holds ``mask`` and ``positions``).
         output: ``"torch"`` (tensors) or ``"numpy"`` (arrays; zero-copy read-only views where possible).
         seed: mixed into every transform generator (different seeds → different augmentation streams).
 
     ``__getitems__(indices)`` reads a batch with one Arrow query: a contiguous ascending index range is a
     zero-copy slice of the memory-mapped table; other index lists (``shuffle=True``) are gathered with one
-    copy. ``DataLoader(ds, batch_size=B, collate_fn=collate_weights)`` therefore receives whole batches as
-    a dict ``{column: [B, ...]}``. The dataset pickles by file path (the Arrow table of a loaded dataset is
-    memory-mapped), so DataLoader workers (fork or spawn) re-open the file instead of copying it.
-    ``dataset[i]`` returns one row with ``weights`` ``[D]``.
+    copy. It returns a ``WeightBatch``: ``DataLoader(ds, batch_size=B, collate_fn=collate_weights)`` gets
+    ``{column: [B, ...]}`` without copies; without ``collate_fn`` torch's default collate builds the same
+    dict row by row. The dataset pickles by file path (the Arrow table of a loaded dataset is memory-mapped),
+    so DataLoader workers (fork or spawn) re-open the file instead of copying it. ``dataset[i]`` returns one
+    row with ``weights`` ``[D]``.
     """
 
     def __init__(self, dataset: datasets.Dataset, columns: Sequence[str] = (WEIGHTS,),
@@ -232,11 +257,10 @@ class WeightsDataset(torch.utils.data.Dataset):
         if not columns or unknown:
             raise KeyError(f"unknown or no columns {unknown or list(columns)}; the dataset has "
                            f"{', '.join(dataset.column_names)}")
-        if transform is not None and WEIGHTS not in columns:
-            raise ValueError(f"a transform applies to the {WEIGHTS!r} column, which is not in columns {columns}")
         if output not in _OUTPUTS:
             raise ValueError(f"output {output!r} unknown; valid: {', '.join(_OUTPUTS)}")
-        self.columns, self.transform, self.output, self.seed = columns, transform, output, seed
+        self.columns, self.output = columns, output
+        self.augment = None if transform is None else _adapter(transform, columns, seed)
         self.lists = tuple(c for c in columns if _is_list(dataset.data.schema.field(c).type))
         self._arrow = dataset.select_columns(list(columns)).with_format("arrow")
 
@@ -244,8 +268,8 @@ class WeightsDataset(torch.utils.data.Dataset):
         return len(self._arrow)
 
     def __repr__(self) -> str:
-        return (f"WeightsDataset(rows={len(self)}, columns={list(self.columns)}, transform={self.transform!r}, "
-                f"output={self.output!r})")
+        return f"WeightsDataset(rows={len(self)}, columns={list(self.columns)}, augment={self.augment!r}, " \
+               f"output={self.output!r})"
 
     def _query(self, indices: Sequence[int]) -> pa.Table:
         idx = np.asarray(indices, dtype=np.int64)
@@ -258,25 +282,31 @@ class WeightsDataset(torch.utils.data.Dataset):
             return self._arrow[int(idx[0]) : int(idx[-1]) + 1]  # zero-copy slice
         return self._arrow[idx.tolist()]
 
-    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
+    def __getitems__(self, indices: Sequence[int]) -> WeightBatch:
         table = self._query(indices)
         batch: dict[str, Any] = {}
         for name in self.columns:
             column = table.column(name)
             batch[name] = _matrix(column, name) if name in self.lists else _scalars(column)
-        if self.transform is not None:
-            out = self.transform(batch[WEIGHTS], _generator(self.seed))
-            if isinstance(out, np.ndarray | torch.Tensor) and tuple(out.shape[:1]) != (len(indices),):
-                raise ValueError(f"transform {self.transform!r} returned shape {tuple(out.shape)} for a batch of "
-                                 f"{len(indices)} rows; it must keep the batch dimension")
-            batch[WEIGHTS] = out
+        if self.augment is not None:
+            batch = self.augment(batch)
         if self.output == "torch":
             batch = {k: _to_torch(v) for k, v in batch.items()}
-        return batch
+        return WeightBatch(batch)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        batch = self.__getitems__([index])
-        return {k: v[0] for k, v in batch.items()}
+        return self.__getitems__([index])[0]
+
+
+def _adapter(transform: Transform, columns: Sequence[str], seed: int) -> Augment:
+    """``transform`` on the ``weights`` column through ``transforms.Augment`` (the one adapter)."""
+    if WEIGHTS not in columns:
+        raise ValueError(f"a transform applies to the {WEIGHTS!r} column, which is not in columns {list(columns)}")
+    clash = [c for c in TOKEN_COLUMNS if c in columns]
+    if clash:
+        raise ValueError(f"columns {clash} would clash with the mask/positions of a transform returning Tokens; "
+                         "load them without a transform")
+    return Augment(transform, column=WEIGHTS, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -284,13 +314,16 @@ class WeightsDataset(torch.utils.data.Dataset):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def collate_weights(rows: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> dict[str, Any]:
+def collate_weights(rows: WeightBatch | Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> dict[str, Any]:
     """DataLoader ``collate_fn`` for weight rows: a dict of torch tensors ``{column: [B, ...]}``.
 
-    ``rows`` is either a list of row dicts (streaming, or ``Dataset.with_format("numpy")``): vectors are
-    stacked to float32 ``[B, D]``, numbers and bools to ``[B]``, strings kept as lists; or a batch dict that
-    ``WeightsDataset.__getitems__`` already assembled: its numpy values become tensors.
+    ``rows`` is a ``WeightBatch`` (``WeightsDataset``) or a batch dict: its columns become tensors as they
+    are; or a list of row dicts (streaming, or ``Dataset.with_format("numpy")``): arrays are stacked with
+    their dtypes (weights float32 ``[B, D]``, token masks bool, positions int64), numbers and bools to
+    ``[B]``, strings kept as lists.
     """
+    if isinstance(rows, WeightBatch):
+        rows = rows.columns
     if isinstance(rows, Mapping):
         return {k: _to_torch(v) for k, v in rows.items()}
     if not rows:
@@ -312,39 +345,24 @@ def collate_weights(rows: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> di
     return out
 
 
-class _BatchTransform:
-    """``IterableDataset.map(fn, batched=True)`` adapter of a ``transform(weights, rng)`` (picklable)."""
-
-    def __init__(self, transform: Transform, seed: int) -> None:
-        self.transform, self.seed = transform, seed
-
-    def __repr__(self) -> str:
-        return f"_BatchTransform({self.transform!r}, seed={self.seed})"
-
-    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        weights = np.asarray(batch[WEIGHTS], dtype=np.float32)
-        out = self.transform(weights, _generator(self.seed))
-        if isinstance(out, torch.Tensor):
-            out = out.numpy(force=True)
-        return {**batch, WEIGHTS: np.asarray(out, dtype=np.float32)}
-
-
 def iterable_loader(dataset: datasets.IterableDataset, batch_size: int, *, columns: Sequence[str] | None = None,
                     transform: Transform | None = None, num_workers: int = 0, shuffle_buffer: int | None = None,
                     seed: int = 0, rank: int | None = None, world_size: int | None = None,
                     **loader_kwargs: Any) -> DataLoader:
     """A DataLoader of ``collate_weights`` batches over a streaming ``datasets.IterableDataset``.
 
-    Steps, all plain ``datasets``: ``select_columns(columns)`` → ``shuffle(seed, buffer_size=shuffle_buffer)``
-    (a buffer of that many rows plus shard-order shuffling; keep it small for big rows: 16–64 for ResNet-18)
-    → ``split_dataset_by_node(rank, world_size)`` → ``with_format("numpy")`` → ``map(transform, batched=True)``
-    → ``DataLoader(batch_size, num_workers, collate_fn=collate_weights)``.
+    Steps, all plain ``datasets``: ``select_columns(columns)`` → ``reshard()`` when there are fewer shards
+    than ``num_workers`` (per node) → ``shuffle(seed, buffer_size=shuffle_buffer)`` (a buffer of that many rows plus
+    shard-order shuffling; keep it small for big rows: 16–64 for ResNet-18) →
+    ``split_dataset_by_node(rank, world_size)`` → ``with_format("numpy")`` → ``map(Augment(transform),
+    batched=True)`` → ``DataLoader(batch_size, num_workers, collate_fn=collate_weights)``.
 
-    Each DataLoader worker reads whole shards (Parquet files), so ``num_workers`` must not exceed the
-    shards (``dataset.reshard()`` splits files by row group). With ``rank``/``world_size`` each node reads
-    its own shards when ``num_shards % world_size == 0``; otherwise every node reads all shards and keeps
-    every ``world_size``-th row (a warning says so). Call ``loader.dataset.set_epoch(e)`` each epoch to
-    reshuffle. Extra keyword arguments go to the DataLoader.
+    Each DataLoader worker reads whole shards. A repository's Parquet files hold ≥ 2 row groups each, and
+    ``reshard()`` makes every row group a shard, so a split of one file serves 2 workers or more; when even
+    the row groups are fewer than ``num_workers``, only that many workers start (a warning says so). With
+    ``rank``/``world_size`` each node reads its own shards when ``num_shards % world_size == 0``; otherwise
+    every node reads all shards and keeps every ``world_size``-th row (a warning says so). Call
+    ``loader.dataset.set_epoch(e)`` each epoch to reshuffle. Extra keyword arguments go to the DataLoader.
 
     Example::
 
@@ -357,28 +375,30 @@ def iterable_loader(dataset: datasets.IterableDataset, batch_size: int, *, colum
                         f"{type(dataset).__name__}; for a map-style Dataset use WeightsDataset")
     if columns is not None:
         columns = [columns] if isinstance(columns, str) else list(columns)
-        if transform is not None and WEIGHTS not in columns:
-            raise ValueError(f"a transform applies to the {WEIGHTS!r} column, which is not in columns {columns}")
         dataset = dataset.select_columns(columns)
-    if shuffle_buffer is not None:
-        dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer)
+    augment = None if transform is None else _adapter(transform, columns or dataset.column_names or [WEIGHTS], seed)
     if (rank is None) != (world_size is None):
         raise ValueError(f"pass both rank and world_size or neither, got rank={rank}, world_size={world_size}")
+    if world_size is not None and not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
+    per_node = num_workers * (world_size or 1)
+    if per_node > dataset.num_shards:
+        dataset = dataset.reshard()  # one shard per row group instead of per file
+    if shuffle_buffer is not None:
+        dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer)
     if world_size is not None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
         if dataset.num_shards % world_size:
             warnings.warn(f"{dataset.num_shards} shards do not divide among {world_size} nodes: every node reads all "
-                          f"shards and keeps 1 row in {world_size}; use dataset.reshard() or a divisible world size",
+                          f"shards and keeps 1 row in {world_size}; use a world size that divides the shards",
                           stacklevel=2)
         dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
     if num_workers > dataset.num_shards:
-        raise ValueError(f"num_workers={num_workers} exceeds the dataset's {dataset.num_shards} shard(s): the "
-                         "extra workers would get no data; use fewer workers or dataset.reshard() (splits files by "
-                         "row group)")
+        warnings.warn(f"num_workers={num_workers}, but the data has only {dataset.num_shards} shard(s) (row groups) "
+                      f"to split among workers: using {dataset.num_shards} worker(s)", stacklevel=2)
+        num_workers = dataset.num_shards
     dataset = dataset.with_format("numpy")
-    if transform is not None:
-        dataset = dataset.map(_BatchTransform(transform, seed), batched=True, batch_size=batch_size)
+    if augment is not None:
+        dataset = dataset.map(augment, batched=True, batch_size=batch_size)
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_weights,
                       **loader_kwargs)
 

@@ -11,12 +11,14 @@ and hold precomputed integer gather indices, so permuting (from a table) or toke
 gather.
 
 Every transform is a callable ``transform(x, rng)`` with an explicit ``np.random.Generator``; draws are
-independent per sample of a batch. ``Compose`` chains them. ``Augment`` binds a transform to a generator
-seeded from the DataLoader worker (``torch.utils.data.get_worker_info().seed``) or, in the main process,
-from ``torch.initial_seed()``: workers draw independent augmentations and the whole run is reproducible
-from ``torch.manual_seed(s)`` (or the DataLoader's ``generator``). ``Augment`` is also the adapter for
-Hugging Face datasets: a batch-dict callable for ``IterableDataset.map(fn, batched=True)`` and
-``Dataset.set_transform(fn)``, and a ``collate_fn`` for a DataLoader over ``Dataset.with_format("numpy")``.
+independent per sample of a batch. ``Compose`` chains them. ``Augment`` is the one adapter between
+batches and a transform: it gives every call a fresh generator (``batch_generator``: seeded from one draw
+of the process's torch RNG, so DataLoader workers draw independent augmentations and the whole run is
+reproducible from ``torch.manual_seed(s)`` or the DataLoader's ``generator``), and it serves torch
+Datasets, DataLoaders (``collate``), Hugging Face datasets (a batch-dict callable for
+``IterableDataset.map(fn, batched=True)`` and ``Dataset.set_transform(fn)``) and ``modelzoos.loading``.
+A transform that returns ``Tokens`` gives three batch columns with their own dtypes (values float,
+mask bool, positions int64).
 For big rows (ResNet-18: 11.2M floats) use the numpy/torch paths: ``set_transform`` hands the callable
 Python lists, which costs ~0.66 s per row before any augmentation (docs: huggingface.md §4.2).
 
@@ -36,7 +38,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate, get_worker_info
+from torch.utils.data import default_collate
 
 from modelzoos.architectures import Entry, Layout, get_architecture
 
@@ -698,7 +699,7 @@ class RandomWindow:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Composition, worker-aware generators, DataLoader and Hugging Face adapters
+# Composition, the RNG convention, and the adapter to DataLoaders and Hugging Face datasets
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -717,12 +718,19 @@ class Compose:
         return x
 
 
-def worker_seed() -> int:
-    """Seed of this DataLoader worker (``get_worker_info().seed``), or ``torch.initial_seed()`` outside
-    workers. Both follow from the run seed: torch draws the workers' base seed from its RNG (or the
-    DataLoader's ``generator``) each time an iterator starts, then adds the worker id."""
-    info = get_worker_info()
-    return info.seed if info is not None else torch.initial_seed()
+def batch_generator(seed: int = 0) -> np.random.Generator:
+    """The generator of one call (one batch): ``np.random.default_rng([seed, d])``, ``d`` one draw of this
+    process's torch RNG.
+
+    This is the package's one RNG convention between data loading and transforms. DataLoader workers seed
+    their torch RNG with ``base_seed + worker_id``, the base seed drawn from the main process's RNG (or the
+    DataLoader's ``generator``) each time an iterator starts; so workers draw independently, every epoch
+    draws anew, and a run is reproducible from ``torch.manual_seed(s)`` with or without workers. Nothing is
+    kept between calls: forking, pickling or restarting workers cannot repeat or skip a stream.
+    """
+    if seed < 0:
+        raise ValueError(f"seed must be ≥ 0, got {seed}")
+    return np.random.default_rng([seed, int(torch.empty((), dtype=torch.int64).random_().item())])
 
 
 def _to_torch(x: Any) -> Any:
@@ -744,19 +752,26 @@ def _column(values: Any) -> Array:
     return _stack(list(values))
 
 
-class Augment:
-    """A transform bound to a per-process generator, for torch Datasets, DataLoaders and HF datasets.
+def _dense(x: Array) -> Array:
+    return np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x.contiguous()
 
-    The generator is ``np.random.default_rng([seed, worker_seed()])``, created lazily in each process
-    and re-created whenever the worker seed changes (a new DataLoader iterator starts new workers with
-    new seeds). In the main process it is keyed by ``torch.initial_seed()`` and its stream continues
-    across epochs; it restarts when that seed changes or after ``reset()``. Uses:
+
+TOKEN_COLUMNS = ("mask", "positions")  # the batch keys of Tokens besides the values (which keep the column's name)
+
+
+class Augment:
+    """The adapter between batches (torch Datasets, DataLoaders, ``datasets``) and a ``transform(x, rng)``.
+
+    Every call draws a fresh generator (``batch_generator(seed)``: the package's one RNG convention), so
+    the adapter holds no state. Uses:
 
     - ``augment(x)`` on an array/tensor ``[D]`` or ``[B, D]`` (e.g. in ``Dataset.__getitem__``);
-    - ``augment(batch)`` on a batch dict: the ``column`` is augmented, other keys pass through; Tokens
-      become three keys ``column`` (values), ``"mask"``, ``"positions"``. This is the function for
-      ``IterableDataset.map(augment, batched=True)`` and ``Dataset.set_transform(augment)`` (the latter
-      receives Python lists: avoid for big rows, see the module docstring);
+    - ``augment(batch)`` on a batch dict: the ``column`` is augmented, other keys pass through. A transform
+      may return ``Tokens``: they become three keys, ``column`` (values, float), ``"mask"`` (bool) and
+      ``"positions"`` (int64), each with its own dtype. This is the function for
+      ``IterableDataset.map(augment, batched=True)``, ``Dataset.set_transform(augment)`` (which receives
+      Python lists: avoid for big rows, see the module docstring), ``loading.WeightsDataset`` and
+      ``loading.iterable_loader`` (which wrap their ``transform`` in it);
     - ``DataLoader(ds.with_format("numpy"), batch_size=B, collate_fn=augment.collate)``: stacks the
       samples, augments the whole batch at once and returns torch tensors.
     """
@@ -765,51 +780,44 @@ class Augment:
         if seed < 0:
             raise ValueError(f"seed must be ≥ 0, got {seed}")
         self.transform, self.column, self.seed = transform, column, seed
-        self._key: tuple[int, int] | None = None
-        self._rng: np.random.Generator | None = None
 
     def __repr__(self) -> str:
         return f"Augment({self.transform!r}, column={self.column!r}, seed={self.seed})"
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_key": None, "_rng": None}
-
-    def reset(self) -> None:
-        """Forget this process's generator; the next call starts the stream from the seed again."""
-        self._key, self._rng = None, None
-
-    def generator(self) -> np.random.Generator:
-        key = (os.getpid(), worker_seed())
-        if self._rng is None or self._key != key:
-            self._key, self._rng = key, np.random.default_rng([self.seed, key[1]])
-        return self._rng
-
     def __call__(self, batch: Any) -> Any:
         if not isinstance(batch, Mapping):
-            return self.transform(batch, self.generator())
+            return self.transform(batch, batch_generator(self.seed))
         if self.column not in batch:
             raise KeyError(f"batch has no column {self.column!r}; columns: {', '.join(batch)}")
         out = dict(batch)
-        result = self.transform(_column(batch[self.column]), self.generator())
+        values = _column(batch[self.column])
+        result = self.transform(values, batch_generator(self.seed))
         if isinstance(result, Tokens):
-            dense = (np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a.contiguous()
-                     for a in (result.values, result.mask, result.positions))
-            out[self.column], out["mask"], out["positions"] = dense
+            clash = [k for k in TOKEN_COLUMNS if k in batch]
+            if clash:
+                raise ValueError(f"the transform returns Tokens, whose {clash} would replace the batch's own "
+                                 f"column(s) of that name; drop or rename them")
+            out[self.column], *rest = (_dense(a) for a in (result.values, result.mask, result.positions))
+            out.update(zip(TOKEN_COLUMNS, rest, strict=True))
         else:
             out[self.column] = result
+        if len(out[self.column]) != len(values):
+            raise ValueError(f"transform {self.transform!r} returned {len(out[self.column])} rows for a batch of "
+                             f"{len(values)}; it must keep the batch dimension")
         return out
 
     def collate(self, samples: Sequence[Any]) -> Any:
         """DataLoader ``collate_fn``: stack samples (dicts with ``column``, arrays or tensors), augment the
         batch, return torch tensors (other dict keys through ``default_collate``)."""
         if not isinstance(samples[0], Mapping):
-            return _to_torch(self.transform(_stack(samples), self.generator()))
+            return _to_torch(self.transform(_stack(samples), batch_generator(self.seed)))
         rest = default_collate([{k: v for k, v in s.items() if k != self.column} for s in samples])
         out = self({self.column: _stack([s[self.column] for s in samples])})
         return {**rest, **{k: _to_torch(v) for k, v in out.items()}}
 
 
 __all__ = [
+    "TOKEN_COLUMNS",
     "Augment",
     "Axis",
     "Compose",
@@ -822,8 +830,8 @@ __all__ = [
     "Tokenizer",
     "Tokens",
     "Transform",
+    "batch_generator",
     "chunk_tokens",
     "permutation_index",
     "tokens_per_neuron",
-    "worker_seed",
 ]

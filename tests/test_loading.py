@@ -37,6 +37,7 @@ from modelzoos.loading import (
     load_zoo,
 )
 from modelzoos.training import METRICS
+from modelzoos.transforms import Tokens
 
 CONFIG = "digits_cnn_seed"
 SPLITS = ("train", "validation", "test")
@@ -351,8 +352,49 @@ def test_streaming_loader_with_workers(repo2, source):
     first, again = noisy(0), noisy(0)
     assert first.keys() == seen.keys() and all(np.abs(n).max() > 0.1 for n in first.values())
     assert all(np.array_equal(first[k], again[k]) for k in first)
-    with pytest.raises(ValueError, match="exceeds the dataset's 2 shard"):
-        iterable_loader(stream, 4, num_workers=3)
+
+
+def test_streaming_workers_beyond_the_files_reshard_by_row_group(repo, source):
+    stream = load_zoo(repo, CONFIG, split="train", streaming=True)  # one Parquet file
+    assert stream.num_shards == 1
+    loader = iterable_loader(stream, 4, columns=["weights", "model_id", "epoch"], num_workers=2)
+    assert loader.num_workers == 2 and loader.dataset.num_shards >= 2
+    seen = _rows(loader)
+    assert len(seen) == 15 and all(np.array_equal(w, source[k]) for k, w in seen.items())
+    with pytest.warns(UserWarning, match="only 8 shard"):  # 15 rows in row groups of 2: 8 shards at most
+        assert iterable_loader(stream, 4, num_workers=9).num_workers == 8
+
+
+def test_default_collate_gives_the_collate_weights_batch(train):
+    wd = WeightsDataset(train, columns=("weights", "model_id", "zoo", "test_acc"))
+    plain, fast = (next(iter(DataLoader(wd, batch_size=4, **kw))) for kw in ({}, {"collate_fn": collate_weights}))
+    assert plain.keys() == fast.keys() and plain["zoo"] == fast["zoo"] == [CONFIG] * 4
+    for key in ("weights", "model_id", "test_acc"):
+        assert plain[key].dtype == fast[key].dtype and torch.equal(plain[key], fast[key])
+    batch = wd.__getitems__([0, 1])
+    assert len(batch) == 2 and batch[1]["model_id"] == batch["model_id"][1] and list(batch.columns) == list(wd.columns)
+
+
+class Tokenise:
+    """A transform returning Tokens: chunks of 100 weights, a window of the first 3 tokens."""
+
+    def __call__(self, batch: np.ndarray, rng: np.random.Generator) -> Tokens:
+        values = batch[:, :300].reshape(len(batch), 3, 100) * rng.uniform(0.5, 1.5)
+        positions = np.broadcast_to(np.stack([np.arange(3), np.zeros(3, int), np.arange(3)], 1), (len(batch), 3, 3))
+        return Tokens(values, np.ones(values.shape, bool), positions.astype(np.int64))
+
+
+def test_a_transform_may_return_tokens_with_their_own_dtypes(repo, train):
+    wd = WeightsDataset(train, columns=("weights", "model_id"), transform=Tokenise())
+    stream = load_zoo(repo, CONFIG, split="train", streaming=True)
+    for loader in (DataLoader(wd, batch_size=4, collate_fn=collate_weights),
+                   iterable_loader(stream, 4, columns=["weights", "model_id"], transform=Tokenise())):
+        batch = next(iter(loader))
+        assert batch["weights"].shape == (4, 3, 100) and batch["weights"].dtype == torch.float32
+        assert batch["mask"].dtype == torch.bool and batch["positions"].dtype == torch.int64
+        assert batch["positions"][0, 2].tolist() == [2, 0, 2] and batch["model_id"].shape == (4,)
+    with pytest.raises(ValueError, match="clash"):
+        WeightsDataset(train.rename_column("epoch", "mask"), columns=("weights", "mask"), transform=Tokenise())
 
 
 def test_collate_weights_stacks_rows(train):

@@ -73,23 +73,24 @@ class SaneConfig:
 
 @dataclass(frozen=True)
 class WindowViews:
-    """``(weights [B, D], rng) → [B, 2, W, L + 3]`` float32: two views' token windows, each followed by
-    the window's positions (exact in float32 below 2²⁴ tokens). Runs in DataLoader workers."""
+    """``(weights [B, D], rng) → Tokens`` of two views cut to one window: values float32 [B, 2, W, L], mask
+    bool [B, 2, W, L], positions int64 [B, 2, W, 3] (the same window for both views). Runs in DataLoader
+    workers (``transforms.Augment`` hands the three arrays on as ``weights``, ``mask``, ``positions``)."""
 
     tokenizer: Tokenizer
     permutation: Permutation
     noise: GaussianNoise
     window: RandomWindow
 
-    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> Tokens:
         views = [self.tokenizer.tokenize(self.noise(self.permutation(x, rng), rng)) for _ in range(2)]
         # One window for both views: cut them side by side along the token length.
         both = Tokens(np.concatenate([v.values for v in views], -1), np.concatenate([v.mask for v in views], -1),
                       views[0].positions)
-        cut = self.window(both, rng)
-        length, positions = self.tokenizer.token_size, cut.positions.astype(np.float32)
-        halves = (cut.values[..., :length], cut.values[..., length:])
-        return np.stack([np.concatenate([h, positions], -1) for h in halves], axis=1)
+        cut, length = self.window(both, rng), self.tokenizer.token_size
+        halves = [(cut.values[..., part], cut.mask[..., part]) for part in (slice(0, length), slice(length, None))]
+        return Tokens(np.stack([v for v, _ in halves], 1), np.stack([m for _, m in halves], 1),
+                      np.stack([cut.positions] * 2, 1))
 
 
 def _blocks(d: int, heads: int, layers: int) -> nn.TransformerEncoder:
@@ -168,17 +169,13 @@ def train_sane(source: ZooSource, config: SaneConfig = SaneConfig(), *, device: 
     batch_size = min(train_batch_size(source, config.batch_size), max(2, rows_per_batch(layout.size, 1 << 29)))
     loader = source.loader("train", transform=views, shuffle=True, seed=config.seed, drop_last=True,
                            batch_size=batch_size)
-    token_mask = torch.tensor(tokenizer.mask, device=device)
-    length = tokenizer.token_size
 
     def losses(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        x = batch[WEIGHTS].to(device)  # [B, 2, W, L + 3]
-        pos = x[..., length:].long().flatten(0, 1)
-        mask = token_mask[pos[..., 0]]
-        values = stats.standardize_tokens(x[..., :length].flatten(0, 1), pos[..., 1], mask)
+        values, mask, pos = (batch[k].to(device).flatten(0, 1) for k in (WEIGHTS, "mask", "positions"))  # [2B, W, …]
+        values = stats.standardize_tokens(values, pos[..., 1], mask)
         latents = model.encode(values, pos)
         rec = masked_mse(model.decode(latents, pos), values, mask)
-        l1, l2 = latents.view(len(x), 2, -1).unbind(1)
+        l1, l2 = latents.view(len(batch[WEIGHTS]), 2, -1).unbind(1)
         return rec, nt_xent(model.head(l1), model.head(l2), config.temperature)
 
     history = train_loop(model, loader, losses, n_epochs=config.epochs, gamma=config.gamma, lr=config.lr,
