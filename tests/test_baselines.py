@@ -12,18 +12,44 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
 from modelzoos.baselines import bench, probes
-from modelzoos.baselines.data import SPLITS, LayerStats, ModelBatches, ZooSource, layer_ids, parse_epochs
+from modelzoos.baselines.data import (
+    SPLITS,
+    WEIGHT_THRESHOLD,
+    LayerStats,
+    ModelBatches,
+    ZooSource,
+    layer_ids,
+    parse_epochs,
+    parse_threshold,
+    removal_counts,
+)
 from modelzoos.baselines.features import STATISTICS, layer_statistics, stat_names
 from modelzoos.baselines.hyperrep import HyperRepConfig, nt_xent, train_hyperrep
-from modelzoos.baselines.probes import LAMBDAS, gbm_probe, linear_probe, r2_score, ridge_fit, ridge_probe
-from modelzoos.baselines.sampling import SamplingConfig, anchors, kde_sample, sample_and_evaluate
+from modelzoos.baselines.probes import (
+    LAMBDAS,
+    STD_LAMBDAS,
+    gbm_probe,
+    linear_probe,
+    r2_score,
+    ridge_fit,
+    ridge_probe,
+    standardized_ridge_probe,
+)
+from modelzoos.baselines.sampling import (
+    SamplingConfig,
+    anchors,
+    kde_sample,
+    nearest_checkpoints,
+    sample_and_evaluate,
+)
 from modelzoos.baselines.sane import SaneConfig, train_sane
-from modelzoos.cli import main
-from modelzoos.loading import WEIGHTS
+from modelzoos.cli import main, parser
+from modelzoos.loading import WEIGHTS, load_zoo
 from modelzoos.repository import SPLITS as REPOSITORY_SPLITS
 from modelzoos.transforms import chunk_tokens
 
@@ -122,6 +148,79 @@ def test_parse_epochs():
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Cleaning: the original loader's per-state filtering
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_removal_counts_per_rule_and_model():
+    model_id = np.array([0, 0, 0, 1, 1, 2, 2, 3])
+    nonfinite = np.array([0, 0, 1, 0, 0, 1, 1, 0], bool)
+    over = np.array([0, 1, 0, 0, 0, 0, 0, 1], bool)
+    counts = removal_counts(model_id, nonfinite, over)
+    assert counts == {"states": 8, "models": 4, "kept_states": 3, "kept_models": 2,
+                      "nonfinite": {"states": 3, "models": 2}, "threshold": {"states": 2, "models": 2},
+                      "models_emptied": 2}
+    with pytest.raises(ValueError, match="both rules"):
+        removal_counts(model_id, nonfinite, nonfinite)
+    assert parse_threshold("off") == parse_threshold(None) == float("inf") and parse_threshold("100") == 100.0
+    with pytest.raises(ValueError, match="neither a number"):
+        parse_threshold("five")
+    assert WEIGHT_THRESHOLD == 5.0  # the original benchmark's data loader (docs/baselines.md)
+
+
+def _max_abs(repo, split: str) -> dict[tuple[int, int], float]:
+    rows = load_zoo(repo, CONFIG, split=split).with_format("numpy")
+    return {(int(m), int(e)): float(np.abs(w).max()) for m, e, w in
+            zip(rows["model_id"], rows["epoch"], rows["weights"], strict=True)}
+
+
+def _retargeted(copy: Path) -> Path:
+    """``copy`` (a private copy of a repository) with its target columns shuffled (the weights unchanged)."""
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    for path in (copy / "data" / CONFIG).glob("*.parquet"):
+        table = pq.read_table(path)
+        for name in ("test_acc", "train_acc", "ggap", "test_loss"):
+            column = table.column(name).to_numpy()
+            table = table.set_column(table.schema.get_field_index(name), name, pa.array(rng.permutation(column)))
+        pq.write_table(table, path)
+    return copy
+
+
+def test_threshold_drops_states_by_their_weights_only(repo, copy_of):
+    per_split = {s: _max_abs(repo, s) for s in SPLITS}
+    threshold = float(np.quantile(list(per_split["train"].values()), 0.5))  # drops about half the train states
+    source = ZooSource(repo, CONFIG, weight_threshold=threshold)
+    for split in SPLITS:
+        want = sorted(k for k, v in per_split[split].items() if v <= threshold)
+        meta = source.metadata(split)
+        assert sorted(zip(meta["model_id"].tolist(), meta["epoch"].tolist(), strict=True)) == want
+        rows = source.dataset(split).select_columns(["model_id", "epoch"])
+        assert list(zip(rows["model_id"], rows["epoch"], strict=True)) == list(
+            zip(meta["model_id"].tolist(), meta["epoch"].tolist(), strict=True))
+        counts = source.removed(split)
+        dropped = {k for k, v in per_split[split].items() if v > threshold}
+        assert counts["threshold"] == {"states": len(dropped), "models": len({m for m, _ in dropped})}
+        assert counts["nonfinite"]["states"] == 0 and counts["kept_states"] == len(want)
+    assert 0 < source.removed("train")["threshold"]["states"] < len(per_split["train"])
+    # no target enters: the same weights with shuffled targets keep the same states
+    other = ZooSource(_retargeted(copy_of(repo)), CONFIG, weight_threshold=threshold)
+    assert all(other.removed(s) == source.removed(s) for s in SPLITS)
+    assert not np.array_equal(other.metadata("train")["test_acc"], source.metadata("train")["test_acc"])
+    # streaming applies the same rule on the fly
+    streamed = ZooSource(repo, CONFIG, weight_threshold=threshold, streaming=True)
+    _, meta = streamed.extract("test", lambda w: w[:, :1])
+    assert sorted(zip(meta["model_id"].tolist(), meta["epoch"].tolist(), strict=True)) == sorted(
+        k for k, v in per_split["test"].items() if v <= threshold)
+    assert streamed.removed("test") == source.removed("test")
+    off = ZooSource(repo, CONFIG, weight_threshold="off")
+    assert off.removed("train")["kept_states"] == len(per_split["train"])
+    with pytest.raises(ValueError, match="no state left"):
+        ZooSource(repo, CONFIG, weight_threshold=1e-6).metadata("test")
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Probes
 # ---------------------------------------------------------------------------------------------------------
 
@@ -176,6 +275,28 @@ def test_r2_per_split_with_its_own_mean_and_nan_targets_dropped():
     pred = xt @ ridge_fit(x["train"][5:], ys["train"][5:], result.lam)
     want = 1 - np.mean((ys["test"] - pred) ** 2) / np.mean((ys["test"] - ys["test"].mean()) ** 2)
     assert result.scores["test"] == pytest.approx(want)
+
+
+def test_standardized_ridge_is_scale_free_with_a_free_intercept():
+    rng = np.random.default_rng(2)
+    x = {s: rng.normal(size=(100, 20)) for s in SPLITS}
+    y = {s: v[:, 0] + 0.5 * rng.normal(size=100) + 50 for s, v in x.items()}  # a mean the §11.3 penalty shrinks
+    scaled = {k: v * 1e3 + 7 for k, v in x.items()}
+    std, std_scaled = standardized_ridge_probe(x, y), standardized_ridge_probe(scaled, y)
+    np.testing.assert_allclose(std_scaled.predictions["test"], std.predictions["test"], rtol=1e-6)
+    assert std.lam in STD_LAMBDAS and std.scores["test"] > 0.6 and "r2<-1" not in std.flags
+    # nothing to learn, more features than train rows, a target mean of 50 with std 0.5: the §11.3 ridge's
+    # penalised intercept pulls predictions far from the mean
+    sizes = {"train": 30, "validation": 100, "test": 100}
+    noise = {s: rng.normal(size=(n, 100)) for s, n in sizes.items()}
+    flat = {s: 50 + 0.5 * rng.normal(size=n) for s, n in sizes.items()}
+    protocol = ridge_probe(noise, flat)
+    assert protocol.scores["test"] < -1 and protocol.flags[0] == "r2<-1"
+    assert protocol.to_json()["flags"] == protocol.flags
+    robust = standardized_ridge_probe(noise, flat)
+    assert -0.2 < robust.scores["test"] < 0.05 and "r2<-1" not in robust.flags
+    edge = ridge_probe(noise, {s: v[:, 0] * 1e-3 + rng.normal(size=len(v)) for s, v in noise.items()})
+    assert edge.lam == max(LAMBDAS) and "lambda-edge" in edge.flags  # pure noise wants the largest λ
 
 
 def test_gbm_probe_fits_a_nonlinear_target():
@@ -253,9 +374,17 @@ def test_sampling_decodes_rebuilds_and_finetunes(source, hyperrep):
     assert np.all(meta["test_acc"][rows] >= np.quantile(meta["test_acc"], 0.7))
     draws = kde_sample(latents[rows], 50, 0.002, seed=1)
     assert draws.shape == (50, latents.shape[1]) and np.abs(draws).max() <= 1
-    acc = sample_and_evaluate(hyperrep, source, latents, meta, SamplingConfig(samples=2), progress=False)
-    assert set(acc) == {"anchors", "sampled", "sampled_ft", "random", "random_ft"}
-    assert all(len(acc[k]) == 2 and all(0 <= a <= 1 for a in acc[k]) for k in ("sampled", "random_ft"))
+    result = sample_and_evaluate(hyperrep, source, latents, meta, SamplingConfig(samples=2), progress=False)
+    acc, near = result["accuracy"], result["nearest"]
+    assert set(acc) == {"anchors", "reconstructed", "sampled", "sampled_ft", "random", "random_ft"}
+    assert all(len(acc[k]) == 2 and all(0 <= a <= 1 for a in acc[k]) for k in ("sampled", "reconstructed", "random_ft"))
+    assert all(len(v) == 2 for v in near.values()) and min(near["between_models_relative"]) > 0
+    # a training checkpoint's nearest training checkpoint is itself; excluding its model, another model's
+    weights = source.weights("train", rows[:2])
+    itself = nearest_checkpoints(weights, source)
+    assert np.array_equal(itself["distance"], [0, 0]) and list(itself["model_id"]) == list(meta["model_id"][rows[:2]])
+    other = nearest_checkpoints(weights, source, exclude_models=meta["model_id"][rows[:2]])
+    assert (other["model_id"] != meta["model_id"][rows[:2]]).all() and (other["relative"] > 0).all()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -275,21 +404,36 @@ def test_bench_writes_markdown_json_and_figure(repo, tmp_path):
     for name in ("stats", "weights", "hyperrep", "sane"):
         entry = saved["baselines"][name]
         assert entry["time_s"] > 0 and entry["peak_rss_mb"] > 0
+        assert entry["best_probe"] in entry["probes"]
         for target in ("test_acc", "ggap", "epoch"):
-            assert set(entry["probes"]["ridge"][target]) == {"metric", "train", "val", "test", "lambda"}
-            assert entry["probes"]["ridge"][target]["lambda"] in LAMBDAS
+            for probe, grid in (("ridge", LAMBDAS), ("ridge_std", STD_LAMBDAS)):
+                result = entry["probes"][probe][target]
+                assert {"metric", "train", "val", "test", "lambda"} <= set(result) <= {
+                    "metric", "train", "val", "test", "lambda", "flags"}
+                assert result["lambda"] in grid
+                assert ("flags" in result) == (result["test"] < -1 or result["lambda"] in (min(grid), max(grid)))
     assert saved["baselines"]["stats"]["dims"] == 70 and "gbm" in saved["baselines"]["stats"]["probes"]
     assert "gbm" not in saved["baselines"]["weights"]["probes"]  # 2,464 dims > GBM_MAX_DIMS
-    assert saved["sampling"]["summary"]["sampled"]["n"] == 2
+    assert saved["sampling"]["summary"]["sampled"]["n"] == 2 and saved["sampling"]["generator"] == "hyperrep baseline"
+    assert set(saved["sampling"]["summary"]["nearest"]) >= {"sampled_relative_median", "between_models_relative_median"}
+    cleaning = saved["filtering"]
+    assert cleaning["weight_threshold"] == WEIGHT_THRESHOLD and cleaning["rules"] == ["nonfinite", "threshold"]
+    assert cleaning["splits"]["test"]["kept_states"] == 12  # digits seed weights stay far below 5
     text = (out / "results.md").read_text()
-    assert "| stats | ridge | 70 |" in text and "epochs used as samples: 0–3" in text and "Sampling" in text
+    assert "| stats | ridge | 70 |" in text and "| stats | ridge_std | 70 |" in text and "Sampling" in text
+    assert "epochs used as samples: 0–3" in text and r"removed: \|w\| > 5" in text
 
 
 def test_cli_bench_prints_the_table(repo, tmp_path, capsys):
+    assert float(parser().parse_args(["bench", CONFIG, "--repo", "r"]).weight_threshold) == WEIGHT_THRESHOLD
+    threshold = float(np.quantile(list(_max_abs(repo, "train").values()), 0.9))
     assert main(["bench", CONFIG, "--repo", str(repo), "--baselines", "stats", "--out", str(tmp_path),
-                 "--epochs-filter", "1-3", "--quiet"]) == 0
+                 "--epochs-filter", "1-3", "--weight-threshold", str(threshold), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "| stats | ridge | 70 |" in printed and "epochs used as samples: 1–3" in printed
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["filtering"]["weight_threshold"] == threshold and rf"removed: \|w\| > {threshold:g}" in printed
+    assert saved["filtering"]["splits"]["train"]["threshold"]["states"] > 0
     with pytest.raises(ValueError, match="unknown baselines"):
         bench.run_bench(repo, CONFIG, ["nope"], progress=False)
 

@@ -11,14 +11,27 @@ Baselines (features of the un-augmented weights of every split, protocol §11):
 | ``sampling`` | not a probe: accuracy of models sampled from the hyper-representation (``sampling``); |
 |            | without ``hyperrep`` in the list it trains one, and its time counts under sampling       |
 
-Targets: R² of ``test_acc``, ``ggap`` and ``epoch`` (closed-form ridge, §11.3; also gradient boosting for
-features of ≤ ``GBM_MAX_DIMS`` dims); on zoos where they vary, accuracy of ``activation``, ``init`` and
-``optimizer`` (linear softmax probe, §11.4) and R² of ``lr``, ``weight_decay``, ``dropout`` (ridge). All
-probes fit on train, select on validation, and are reported on the test split's models (disjoint by
-construction of the repository's splits). Every run reports the epochs used as samples.
+Samples: the states of the chosen epochs, cleaned as the original loader did before any baseline sees
+them (``data.ZooSource``: non-finite states and states with |w| above ``weight_threshold``, default 5,
+dropped per state; the counts per rule and split are in the results).
 
-Outputs in ``--out``: ``results.json`` (everything, incl. train/val scores and chosen λ), ``results.md``
-(the printed table) and ``bench.png`` (predicted vs true test accuracy on the test split per baseline;
+Targets: R² of ``test_acc``, ``ggap`` and ``epoch``; on zoos where they vary, R² of ``lr``,
+``weight_decay``, ``dropout`` and accuracy of ``activation``, ``init`` and ``optimizer``. Probes, one row
+each per baseline:
+
+- ``ridge``: the protocol's closed-form ridge (§11.3, unstandardised, penalised intercept), the reference
+  row; categorical targets by the §11.4 linear softmax classifier;
+- ``ridge_std``: ridge on standardised features with an unpenalised intercept and a wider λ grid
+  (``probes.standardized_ridge_probe``); categorical targets by the same classifier on standardised features;
+- ``gbm``: gradient boosting early-stopped on validation, for features of ≤ ``GBM_MAX_DIMS`` dims.
+
+All probes fit on train, select on validation, and are reported on the test split's models (disjoint by
+construction of the repository's splits). The table flags a test R² below −1 (†) and a λ at the edge of
+its grid (‡). Every run reports the epochs used as samples.
+
+Outputs in ``--out``: ``results.json`` (everything, incl. train/val scores, chosen λ and flags),
+``results.md`` (the printed table) and ``bench.png`` (per baseline, predicted vs true test accuracy of the
+test split by its best probe on validation, axes clipped to the targets' range, points coloured by epoch;
 the hyper-representation's test embeddings projected to 2-D by PCA, coloured by test accuracy). Time is
 wall-clock per baseline (features + training + probes); memory is ``ru_maxrss`` of this process (the high
 water mark so far, so it never decreases from one baseline to the next) and of the largest finished
@@ -39,10 +52,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from modelzoos.baselines.data import SPLITS, ZooSource
+from modelzoos.baselines.data import RULES, SPLITS, WEIGHT_THRESHOLD, ZooSource
 from modelzoos.baselines.features import layer_statistics, raw_weights
 from modelzoos.baselines.hyperrep import HyperRepConfig, train_hyperrep
-from modelzoos.baselines.probes import ProbeResult, gbm_probe, linear_probe, ridge_probe
+from modelzoos.baselines.probes import (
+    ProbeResult,
+    gbm_probe,
+    linear_probe,
+    ridge_probe,
+    standardize,
+    standardized_ridge_probe,
+)
 from modelzoos.baselines.sampling import SamplingConfig, sample_and_evaluate
 from modelzoos.baselines.sane import SaneConfig, train_sane
 
@@ -73,15 +93,26 @@ def targets(meta: dict[str, dict[str, np.ndarray]]) -> tuple[list[str], list[str
 
 def probe_features(features: dict[str, np.ndarray], meta: dict[str, dict[str, np.ndarray]], regression: list[str],
                    classification: list[str], device: str) -> dict[str, dict[str, ProbeResult]]:
-    """``{probe: {target: ProbeResult}}`` for ridge (+ linear classifier), and gbm on small features."""
+    """``{probe: {target: ProbeResult}}``: ridge and ridge_std (+ the linear classifier on raw and on
+    standardised features), and gbm on small features."""
     def y(target: str) -> dict[str, np.ndarray]:
         return {s: np.asarray(meta[s][target]) for s in SPLITS}
 
-    out: dict[str, dict[str, ProbeResult]] = {"ridge": {t: ridge_probe(features, y(t)) for t in regression}}
-    out["ridge"] |= {t: linear_probe(features, y(t), device=device) for t in classification}
+    scaled = standardize(features)
+    out: dict[str, dict[str, ProbeResult]] = {
+        "ridge": {t: ridge_probe(features, y(t)) for t in regression}
+        | {t: linear_probe(features, y(t), device=device) for t in classification},
+        "ridge_std": {t: standardized_ridge_probe(features, y(t)) for t in regression}
+        | {t: linear_probe(scaled, y(t), device=device) for t in classification},
+    }
     if features["train"].shape[1] <= GBM_MAX_DIMS:
         out["gbm"] = {t: gbm_probe(features, y(t)) for t in regression}
     return out
+
+
+def best_probe(probes: dict[str, dict[str, ProbeResult]], target: str = "test_acc") -> str:
+    """The probe with the best validation score on ``target`` (never chosen on test)."""
+    return max((p for p in probes if target in probes[p]), key=lambda p: probes[p][target].scores["val"])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -91,19 +122,22 @@ def probe_features(features: dict[str, np.ndarray], meta: dict[str, dict[str, np
 
 def run_bench(repo: str | Path, config: str, baselines: Sequence[str] = DEFAULT_BASELINES,
               out: str | Path | None = None, *, device: str = "cpu", epochs: Sequence[int] | None = None,
-              streaming: bool = False, workers: int = 0, progress: bool = True,
+              weight_threshold: float | None = WEIGHT_THRESHOLD, streaming: bool = False, workers: int = 0,
+              progress: bool = True,
               hyperrep: HyperRepConfig | None = None, sane: SaneConfig | None = None,
               sampling: SamplingConfig | None = None) -> dict[str, Any]:
     """Train and evaluate ``baselines`` on ``config`` of ``repo``; write the outputs to ``out`` if given.
 
-    ``hyperrep``, ``sane``, ``sampling``: configurations (None: the defaults). Returns the ``results.json``
-    content. See the module docstring for baselines, targets and outputs.
+    ``epochs``: the epochs used as samples (None: all); ``weight_threshold``: states with any |w| above it
+    are dropped (inf or None: the rule is off; non-finite states are always dropped). ``hyperrep``,
+    ``sane``, ``sampling``: configurations (None: the defaults). Returns the ``results.json`` content. See
+    the module docstring for baselines, targets and outputs.
     """
     hyperrep, sane, sampling = hyperrep or HyperRepConfig(), sane or SaneConfig(), sampling or SamplingConfig()
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown or not baselines:
         raise ValueError(f"unknown baselines {unknown or list(baselines)}; valid: {', '.join(BASELINES)}")
-    source = ZooSource(repo, config, epochs, streaming=streaming, workers=workers)
+    source = ZooSource(repo, config, epochs, weight_threshold, streaming=streaming, workers=workers)
     meta = {s: source.metadata(s) for s in SPLITS}
     regression, classification = targets(meta)
     train_ids = set(meta["train"]["model_id"].tolist())
@@ -114,10 +148,12 @@ def run_bench(repo: str | Path, config: str, baselines: Sequence[str] = DEFAULT_
         "epochs": sorted(set(meta["train"]["epoch"].tolist())),
         "splits": {s: {"rows": len(meta[s]["epoch"]), "models": len(set(meta[s]["model_id"].tolist()))}
                    for s in SPLITS},
+        "filtering": {"weight_threshold": source.weight_threshold, "rules": list(RULES),
+                      "splits": {s: source.removed(s) for s in SPLITS}},
         "targets": {"regression": regression, "classification": classification},
         "baselines": {}, "sampling": None,
     }
-    plots: dict[str, Any] = {"predictions": {}, "embedding": None}
+    plots: dict[str, Any] = {"predictions": {}, "epochs": {}, "embedding": None}
     trained: dict[str, Any] = {}
 
     def featurise(name: str, fn: Callable, dims: int) -> None:
@@ -128,7 +164,10 @@ def run_bench(repo: str | Path, config: str, baselines: Sequence[str] = DEFAULT_
         probes = probe_features(feats, rows, regression, classification, device)
         results["baselines"][name] = {"dims": dims, "probes": {
             p: {t: r.to_json() for t, r in by_target.items()} for p, by_target in probes.items()}}
-        plots["predictions"][name] = probes["ridge"]["test_acc"]
+        best = best_probe(probes)
+        results["baselines"][name]["best_probe"] = best
+        plots["predictions"][name] = (best, probes[best]["test_acc"])
+        plots["epochs"][name] = rows["test"]["epoch"]
 
     for name in [b for b in BASELINES if b in baselines]:
         start, peak = time.perf_counter(), _peak_mb(resource.RUSAGE_SELF)
@@ -142,28 +181,18 @@ def run_bench(repo: str | Path, config: str, baselines: Sequence[str] = DEFAULT_
                                                          "feature matrix for this architecture (use stats or sane)"}
                 continue
             featurise(name, raw_weights, source.dim)
-        elif name == "hyperrep" or (name == "sampling" and "hyperrep" not in trained):
+        elif name == "hyperrep":
             trained["hyperrep"] = train_hyperrep(source, hyperrep, device=device, progress=progress)
-            if name == "hyperrep":
-                featurise(name, trained["hyperrep"].embed, hyperrep.latent)
-                results["baselines"][name]["history"] = trained["hyperrep"].history
-                test = trained["hyperrep_features"]["test"]
-                plots["embedding"] = (test, trained["hyperrep_meta"]["test"]["test_acc"])
+            featurise(name, trained["hyperrep"].embed, hyperrep.latent)
+            results["baselines"][name]["history"] = trained["hyperrep"].history
+            test = trained["hyperrep_features"]["test"]
+            plots["embedding"] = (test, trained["hyperrep_meta"]["test"]["test_acc"])
         elif name == "sane":
             model = train_sane(source, sane, device=device, progress=progress)
             featurise(name, model.embed, sane.latent)
             results["baselines"][name]["history"] = model.history
-        if name == "sampling":
-            rep = trained["hyperrep"]
-            if "hyperrep_features" in trained:
-                latents, rows = trained["hyperrep_features"]["train"], trained["hyperrep_meta"]["train"]
-            else:
-                latents, rows = source.extract("train", rep.embed, progress=progress, desc="sampling latents")
-            accuracy = sample_and_evaluate(rep, source, latents, rows, sampling, device=device, progress=progress)
-            results["sampling"] = {"config": dataclasses.asdict(sampling),
-                                   "accuracy": accuracy, "summary": {
-                                       k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
-                                       for k, v in accuracy.items()}}
+        elif name == "sampling":
+            results["sampling"] = run_sampling(source, trained, hyperrep, sampling, device=device, progress=progress)
         entry = results["sampling"] if name == "sampling" else results["baselines"][name]
         now = _peak_mb(resource.RUSAGE_SELF)
         entry |= {"time_s": round(time.perf_counter() - start, 2), "peak_rss_mb": round(now, 1),
@@ -176,6 +205,32 @@ def run_bench(repo: str | Path, config: str, baselines: Sequence[str] = DEFAULT_
         (out / "results.md").write_text(markdown(results) + "\n")
         figure(plots, out / "bench.png")
     return results
+
+
+def run_sampling(source: ZooSource, trained: dict[str, Any], hyperrep: HyperRepConfig, sampling: SamplingConfig, *,
+                 device: str, progress: bool) -> dict[str, Any]:
+    """The ``sampling`` entry of the results: S_KDE30 from the hyperrep baseline's model (reused when it was
+    trained in this run on the same epochs) or from a generator of its own (``sampling.hyperrep``)."""
+    gen_source = source if sampling.epochs is None else dataclasses.replace(source, epochs=sampling.epochs)
+    reuse = sampling.hyperrep is None and sampling.epochs is None and "hyperrep" in trained
+    if reuse:
+        rep = trained["hyperrep"]
+        latents, rows = trained["hyperrep_features"]["train"], trained["hyperrep_meta"]["train"]
+    else:
+        rep = train_hyperrep(gen_source, sampling.hyperrep or hyperrep, device=device, progress=progress)
+        latents, rows = gen_source.extract("train", rep.embed, progress=progress, desc="sampling latents")
+    result = sample_and_evaluate(rep, gen_source, latents, rows, sampling, device=device, progress=progress)
+    summary = {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
+               for k, v in result["accuracy"].items()}
+    nearest = result["nearest"]
+    summary["nearest"] = {
+        "sampled_relative_median": float(np.median(nearest["sampled_relative"])),
+        "between_models_relative_median": float(np.median(nearest["between_models_relative"])),
+        "sampled_nearest_acc_median": float(np.median(nearest["sampled_nearest_acc"])),
+        "distinct_nearest_models": len(set(nearest["sampled_nearest_models"])),
+    }
+    return {"config": dataclasses.asdict(sampling), "generator": "hyperrep baseline" if reuse else "own",
+            "generator_history": rep.history, **result, "summary": summary}
 
 
 def _json_default(value: Any) -> Any:
@@ -191,8 +246,17 @@ def _json_default(value: Any) -> Any:
 # ---------------------------------------------------------------------------------------------------------
 
 
+MARKS = {"r2<-1": "†", "lambda-edge": "‡"}
+
+
 def _fmt(value: float | None) -> str:
     return "—" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
+
+
+def _cell(result: dict | None) -> str:
+    if result is None:
+        return "—"
+    return _fmt(result["test"]) + "".join(MARKS[f] for f in result.get("flags", ()))
 
 
 def _table(head: list[str], rows: list[list[str]]) -> str:
@@ -205,16 +269,34 @@ def _epochs_text(epochs: list[int]) -> str:
     return f"{epochs[0]}–{epochs[-1]}" if contiguous and len(epochs) > 2 else ", ".join(map(str, epochs))
 
 
+def filtering_table(filtering: dict[str, Any]) -> str:
+    """States (models) per split: stored at the chosen epochs, removed by each rule, left."""
+    threshold = filtering["weight_threshold"]
+    label = {"nonfinite": "non-finite", "threshold": rf"\|w\| > {threshold:g}" if np.isfinite(threshold) else
+             r"\|w\| threshold (off)"}  # pipes escaped inside a table cell
+    head = ["split", "states (models)", *(f"removed: {label[r]}" for r in filtering["rules"]), "models emptied",
+            "kept states (models)"]
+    def pair(counts: dict) -> str:
+        return f"{counts['states']} ({counts['models']})"
+
+    rows = [[split, pair(c), *(pair(c[r]) for r in filtering["rules"]), str(c["models_emptied"]),
+             f"{c['kept_states']} ({c['kept_models']})"] for split, c in filtering["splits"].items()]
+    return _table(head, rows)
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The results table: R² (or accuracy) on the test split per baseline and probe, time and memory."""
     regression, classification = results["targets"]["regression"], results["targets"]["classification"]
     splits = ", ".join(f"{s} {v['models']} models / {v['rows']} rows" for s, v in results["splits"].items())
     lines = [f"# modelzoos bench: {results['config']}", "",
-             f"repo `{results['repo']}`; epochs used as samples: {_epochs_text(results['epochs'])}; {splits}; "
-             f"device {results['device']}.", "",
-             "Test split. Regression targets: R² (ridge per protocol §11.3: λ chosen on validation; gbm: "
-             "HistGradientBoosting early-stopped on validation). Categorical targets: accuracy of the linear "
-             "softmax probe (§11.4), shown on the ridge rows.", ""]
+             f"repo `{results['repo']}`; epochs used as samples: {_epochs_text(results['epochs'])}; {splits} "
+             f"(after cleaning); device {results['device']}.", "",
+             "Cleaning (per state, weights only, before any baseline):", "", filtering_table(results["filtering"]), "",
+             "Test split. Regression targets: R². ridge: the protocol's (§11.3: unstandardised, penalised intercept, "
+             "λ on validation), the reference row; ridge_std: standardised features, unpenalised intercept, wider λ "
+             "grid; gbm: HistGradientBoosting early-stopped on validation. Categorical targets: accuracy of the linear "
+             "softmax probe (§11.4) on raw (ridge rows) or standardised (ridge_std rows) features. "
+             "† test R² below −1; ‡ λ at the edge of its grid.", ""]
     head = ["baseline", "probe", "dims", *regression, *(f"{c} (acc)" for c in classification), "time s", "peak MB"]
     rows = []
     for name, entry in results["baselines"].items():
@@ -222,7 +304,7 @@ def markdown(results: dict[str, Any]) -> str:
             rows.append([name, "—", "—", *(["—"] * (len(head) - 5)), "—", f"skipped: {entry['skipped']}"])
             continue
         for probe, by_target in entry["probes"].items():
-            cells = [_fmt(by_target[t]["test"]) if t in by_target else "—" for t in (*regression, *classification)]
+            cells = [_cell(by_target.get(t)) for t in (*regression, *classification)]
             first = probe == next(iter(entry["probes"]))
             rows.append([name, probe, str(entry["dims"]), *cells, f"{entry['time_s']:.1f}" if first else "",
                          f"{entry['peak_rss_mb']:.0f}" if first else ""])
@@ -230,17 +312,25 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("sampling"):
         s = results["sampling"]
         ft = s["config"].get("finetune_epochs", 1)
-        labels = {"anchors": "zoo anchors (top 30 % of train rows)", "sampled": "sampled (S_KDE30), no training",
+        labels = {"anchors": "zoo anchors (top 30 % of train rows)",
+                  "reconstructed": "anchors decoded from their latents", "sampled": "sampled (S_KDE30), no training",
                   "sampled_ft": f"sampled + {ft} epoch(s)", "random": "random init, no training",
                   "random_ft": f"random init + {ft} epoch(s)"}
-        rows = [[labels[k], f"{v['mean']:.3f} ± {v['std']:.3f}", str(v["n"])] for k, v in s["summary"].items()]
-        lines += ["", f"Sampling (test accuracy; {s['time_s']:.1f} s, peak {s['peak_rss_mb']:.0f} MB):", "",
-                  _table(["models", "test accuracy", "n"], rows)]
+        rows = [[labels[k], f"{s['summary'][k]['mean']:.3f} ± {s['summary'][k]['std']:.3f}", str(s["summary"][k]["n"])]
+                for k in s["accuracy"]]
+        near = s["summary"]["nearest"]
+        lines += ["", f"Sampling (generator: {s['generator']}; test accuracy; {s['time_s']:.1f} s, "
+                  f"peak {s['peak_rss_mb']:.0f} MB):", "", _table(["models", "test accuracy", "n"], rows), "",
+                  f"Nearest training checkpoint of a sample: relative L2 distance median "
+                  f"{near['sampled_relative_median']:.3f} (an anchor to the nearest checkpoint of another training "
+                  f"model: {near['between_models_relative_median']:.3f}); {near['distinct_nearest_models']} distinct "
+                  f"nearest models; their test accuracy median {near['sampled_nearest_acc_median']:.3f}."]
     return "\n".join(lines)
 
 
 def figure(plots: dict[str, Any], path: Path) -> None:
-    """Predicted vs true test accuracy per baseline (ridge, test split) and the hyperrep PCA embedding."""
+    """Per baseline, predicted vs true test accuracy (test split, best probe on validation, clipped to the
+    targets' range, coloured by epoch), and the hyperrep PCA embedding."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,14 +339,18 @@ def figure(plots: dict[str, Any], path: Path) -> None:
 
     panels = list(plots["predictions"].items())
     count = len(panels) + (plots["embedding"] is not None)
-    fig, axes = plt.subplots(1, max(count, 1), figsize=(4 * max(count, 1), 4), squeeze=False)
-    for ax, (name, result) in zip(axes[0], panels, strict=False):
+    fig, axes = plt.subplots(1, max(count, 1), figsize=(4.4 * max(count, 1), 4), squeeze=False)
+    for ax, (name, (probe, result)) in zip(axes[0], panels, strict=False):
         true, pred = result.targets["test"], result.predictions["test"]
-        ax.scatter(true, pred, s=8, alpha=0.6)
-        low, high = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+        low, high = float(true.min()), float(true.max())
+        pad = 0.05 * (high - low or 1.0)
+        low, high = low - pad, high + pad
+        outside = int(((pred < low) | (pred > high)).sum())
+        points = ax.scatter(true, np.clip(pred, low, high), c=plots["epochs"][name], s=8, alpha=0.7, cmap="viridis")
         ax.plot([low, high], [low, high], "k--", lw=0.8)
-        ax.set(title=f"{name}: R² {result.scores['test']:.3f}", xlabel="true test accuracy",
-               ylabel="predicted (ridge)")
+        ax.set(xlim=(low, high), ylim=(low, high), xlabel="true test accuracy", ylabel=f"predicted ({probe})",
+               title=f"{name}: R² {result.scores['test']:.3f}" + (f", {outside} clipped" if outside else ""))
+        fig.colorbar(points, ax=ax, label="epoch")
     if plots["embedding"] is not None:
         ax = axes[0][len(panels)]
         z, acc = plots["embedding"]

@@ -1,11 +1,19 @@
 """How every baseline reads a zoo: one config of a dataset repository, split by model, in bounded memory.
 
 ``ZooSource(repo, config)`` holds the config's ``ConfigInfo`` and the row selection shared by all
-baselines: non-finite states are dropped (protocol §9 cleaning) and, with ``epochs``, only those epochs
-are kept, both pushed down to the Parquet reader as pyarrow filters. Batches come either map-style
-(``loading.WeightsDataset`` + DataLoader workers over the Arrow cache) or streaming
-(``loading.iterable_loader`` over the Parquet files), with the same transform convention
-(``transform(weights [B, D], rng)``). Nothing holds more than one batch of weights at a time, except
+baselines (docs/baselines.md, "Which states are samples"). With ``epochs``, only those epochs are kept
+(pushed down to the Parquet reader). Then the original loader's cleaning, per state (checkpoint), not
+per model, and before any baseline sees a row:
+
+1. drop states whose weights hold NaN or ±inf (the repository's ``nonfinite`` column);
+2. drop states with any |w| > ``weight_threshold`` (default ``WEIGHT_THRESHOLD`` = 5, the value of the
+   original benchmark's data loader; ``inf`` or None switches the rule off).
+
+Both rules read the weights only, never a target or another split. ``removed(split)`` counts the states
+and models each rule removed. Batches come either map-style (``loading.WeightsDataset`` + DataLoader
+workers over the Arrow cache: the kept rows are selected by index) or streaming
+(``loading.iterable_loader`` over the Parquet files: the same rule filters the stream), both through
+``transforms.Augment`` for transforms. Nothing holds more than one batch of weights at a time, except
 what a caller keeps (features, raw-weight matrices of small CNNs).
 
 ``LayerStats`` standardises weights per layer (mean and std of a layer's weights and biases, pooled over
@@ -49,6 +57,56 @@ META = ("model_id", "epoch", "seed", "init", "activation", "optimizer", "lr", "w
         "train_acc", "test_acc", "ggap")
 BATCH_BYTES = 64 << 20  # weights per batch when no batch size is given
 STD_FLOOR = 1e-4  # R22 LayerWiseReconLoss
+# The original Model Zoos loader drops states with any |w| above a threshold; its benchmark datasets were
+# built with weight_threshold=5 (ModelZooDataset code/load_dataset.ipynb; SANE's CNN preprocessing uses 100).
+WEIGHT_THRESHOLD = 5.0
+RULES = ("nonfinite", "threshold")  # the cleaning rules, in the order they apply
+
+
+def parse_threshold(text: str | float | None) -> float:
+    """``"5"`` → 5.0; ``"inf"`` / ``"off"`` / ``"none"`` / None → inf (the threshold rule switched off)."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in ("inf", "off", "none")):
+        return float("inf")
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise ValueError(f"weight threshold {text!r} is neither a number nor 'off'") from err
+    if not value > 0:
+        raise ValueError(f"weight threshold must be > 0 (or 'off'), got {text!r}")
+    return value
+
+
+def within_threshold(weights: np.ndarray | torch.Tensor, threshold: float) -> np.ndarray:
+    """bool [B]: no |w| of the row above ``threshold`` (finite weights [B, D]; NaN rows count as within:
+    the non-finite rule handles them)."""
+    w = weights.numpy(force=True) if isinstance(weights, torch.Tensor) else np.asarray(weights)
+    return ~(np.abs(w) > threshold).any(axis=1)
+
+
+def removal_counts(model_id: np.ndarray, nonfinite: np.ndarray, over: np.ndarray) -> dict[str, Any]:
+    """What the cleaning removed from one split: per rule the states and the models that lost ≥ 1 state,
+    and the models left with no state. Arrays [N] over the split's rows (``over``: finite and |w| above
+    the threshold)."""
+    model_id, nonfinite, over = np.asarray(model_id), np.asarray(nonfinite, bool), np.asarray(over, bool)
+    if (nonfinite & over).any():
+        raise ValueError("a state cannot be removed by both rules: the threshold rule applies to finite states")
+    kept = ~(nonfinite | over)
+    out: dict[str, Any] = {"states": len(model_id), "models": len(np.unique(model_id)),
+                           "kept_states": int(kept.sum()), "kept_models": len(np.unique(model_id[kept]))}
+    for rule, hit in zip(RULES, (nonfinite, over), strict=True):
+        out[rule] = {"states": int(hit.sum()), "models": len(np.unique(model_id[hit]))}
+    out["models_emptied"] = out["models"] - out["kept_models"]
+    return out
+
+
+class _Within:
+    """``IterableDataset.filter`` predicate (picklable): the threshold rule on a batch of weights."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+
+    def __call__(self, weights: np.ndarray) -> np.ndarray:
+        return within_threshold(weights, self.threshold)
 
 
 def rows_per_batch(dim: int, budget: int = BATCH_BYTES, cap: int = 256) -> int:
@@ -81,6 +139,7 @@ class ZooSource:
         repo: repository folder or Hub id ``ORG/NAME``.
         config: config (zoo) name, e.g. ``digits_cnn_seed``.
         epochs: keep only these epochs (None: every stored epoch); the states that are samples of the benchmark.
+        weight_threshold: drop states with any |w| above it (module docstring); inf or None: keep them.
         streaming: read Parquet files directly (``IterableDataset``) instead of the map-style Arrow cache.
         workers: DataLoader workers (streaming: at most the number of shards).
         batch_size: rows per batch; None: ``rows_per_batch(D)`` (≈ 64 MiB of weights, ≤ 256 rows).
@@ -89,6 +148,7 @@ class ZooSource:
     repo: str | Path
     config: str
     epochs: Sequence[int] | None = None
+    weight_threshold: float | None = WEIGHT_THRESHOLD
     streaming: bool = False
     workers: int = 0
     batch_size: int | None = None
@@ -97,6 +157,7 @@ class ZooSource:
 
     def __post_init__(self) -> None:
         self.info = config_info(self.repo, self.config)
+        self.weight_threshold = parse_threshold(self.weight_threshold)
         if self.epochs is not None:
             self.epochs = tuple(int(e) for e in self.epochs)
             unknown = sorted(set(self.epochs) - set(self.info.epochs))
@@ -116,27 +177,85 @@ class ZooSource:
     def rows(self) -> int:
         return self.batch_size or rows_per_batch(self.dim)
 
+    @property
+    def thresholded(self) -> bool:
+        return bool(np.isfinite(self.weight_threshold))
+
     def filters(self) -> list[tuple]:
+        """The pyarrow filters pushed down to the reader: finite states, of the chosen epochs."""
         rows = [("nonfinite", "==", False)]
         return rows + ([("epoch", "in", list(self.epochs))] if self.epochs is not None else [])
 
-    def dataset(self, split: str) -> datasets.Dataset:
-        """The map-style split (all columns), loaded once."""
+    def _check_split(self, split: str) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-        if split not in self._maps:
-            self._maps[split] = load_zoo(self.repo, self.config, split=split, filters=self.filters())
-            if len(self._maps[split]) == 0:
-                raise ValueError(f"split {split!r} of {self.config!r} has no rows with finite weights"
-                                 + (f" at epochs {list(self.epochs)}" if self.epochs is not None else ""))
-        return self._maps[split]
+
+    def _selection(self, split: str) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+        """(indices of the kept rows among the finite ones, metadata of the kept rows, ``removal_counts``)."""
+        self._check_split(split)
+        if ("selection", split) not in self._maps:
+            epochs = [("epoch", "in", list(self.epochs))] if self.epochs is not None else []
+            table = load_zoo(self.repo, self.config, split=split, columns=[*META, "nonfinite"], filters=epochs or None)
+            meta = {c: np.asarray(v) for c, v in table.to_dict().items()}
+            nonfinite = meta.pop("nonfinite").astype(bool)
+            finite = {c: v[~nonfinite] for c, v in meta.items()}
+            within = np.ones(len(finite["model_id"]), dtype=bool)
+            if self.thresholded and len(within):
+                within = self._screen(split, finite)
+            over = np.zeros(len(nonfinite), dtype=bool)
+            over[np.flatnonzero(~nonfinite)[~within]] = True
+            counts = removal_counts(meta["model_id"], nonfinite, over)
+            if counts["kept_states"] == 0:
+                raise ValueError(f"split {split!r} of {self.config!r} has no state left after cleaning ({counts}"
+                                 + (f", epochs {list(self.epochs)}" if self.epochs is not None else "")
+                                 + "); raise or switch off the weight threshold")
+            kept = np.flatnonzero(within)
+            self._maps["selection", split] = (kept, {c: v[kept] for c, v in finite.items()}, counts)
+        return self._maps["selection", split]
+
+    def _screen(self, split: str, finite: dict[str, np.ndarray]) -> np.ndarray:
+        """One pass over the finite states' weights: bool [N], no |w| above the threshold."""
+        columns = (WEIGHTS, "model_id", "epoch")
+        if self.streaming:
+            stream = load_zoo(self.repo, self.config, split=split, streaming=True, filters=self.filters())
+            batches = iterable_loader(stream, self.rows, columns=list(columns))
+        else:
+            batches = DataLoader(WeightsDataset(self._finite(split), columns=columns), batch_size=self.rows,
+                                 collate_fn=collate_weights)
+        within, keys = [], []
+        for batch in batches:
+            within.append(within_threshold(batch[WEIGHTS], self.weight_threshold))
+            keys.append(np.stack([np.asarray(batch["model_id"]), np.asarray(batch["epoch"])], 1))
+        if not np.array_equal(np.concatenate(keys), np.stack([finite["model_id"], finite["epoch"]], 1)):
+            raise RuntimeError(f"{self.config!r} {split}: the weights and the metadata of the finite states came in "
+                               "different row orders; the repository's Parquet files may have changed while reading")
+        return np.concatenate(within)
+
+    def _finite(self, split: str) -> datasets.Dataset:
+        if ("finite", split) not in self._maps:
+            self._maps["finite", split] = load_zoo(self.repo, self.config, split=split, filters=self.filters())
+        return self._maps["finite", split]
+
+    def removed(self, split: str) -> dict[str, Any]:
+        """``removal_counts`` of a split: states and models each cleaning rule removed, and what is left."""
+        return self._selection(split)[2]
+
+    def dataset(self, split: str) -> datasets.Dataset:
+        """The map-style split (all columns) of the kept states, loaded once."""
+        kept, _, counts = self._selection(split)
+        if ("map", split) not in self._maps:
+            finite = self._finite(split)
+            removed = counts["threshold"]["states"] > 0
+            self._maps["map", split] = finite.select(kept) if removed else finite
+        return self._maps["map", split]
+
+    def weights(self, split: str, rows: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """float32 [n, D]: the weights of rows ``rows`` (indices into ``metadata(split)``), in that order."""
+        return WeightsDataset(self.dataset(split)).__getitems__(np.asarray(rows).tolist())[WEIGHTS]
 
     def metadata(self, split: str) -> dict[str, np.ndarray]:
-        """Metadata columns (``META``) of a split, in row order; reads no weights (a small Arrow cache)."""
-        if ("meta", split) not in self._maps:
-            table = load_zoo(self.repo, self.config, split=split, columns=list(META), filters=self.filters())
-            self._maps["meta", split] = {c: np.asarray(v) for c, v in table.to_dict().items()}
-        return self._maps["meta", split]
+        """Metadata columns (``META``) of the kept states of a split, in row order (a small Arrow cache)."""
+        return self._selection(split)[1]
 
     def loader(self, split: str, columns: Sequence[str] = (WEIGHTS,), *, transform: Callable | None = None,
                shuffle: bool = False, seed: int = 0, batch_size: int | None = None,
@@ -151,9 +270,15 @@ class ZooSource:
         """
         batch_size = batch_size or self.rows
         if self.streaming:
+            self._selection(split)  # counts the removals (one pass) and checks that states are left
             stream = load_zoo(self.repo, self.config, split=split, streaming=True, filters=self.filters())
+            if self.workers > stream.num_shards:
+                stream = stream.reshard()  # before the filter: one shard per row group
+            if self.thresholded:
+                stream = stream.with_format("numpy").filter(_Within(self.weight_threshold), batched=True,
+                                                            input_columns=[WEIGHTS])
             return iterable_loader(stream, batch_size, columns=list(columns), transform=transform,
-                                   num_workers=min(self.workers, stream.num_shards), seed=seed,
+                                   num_workers=self.workers, seed=seed,
                                    shuffle_buffer=4 * batch_size if shuffle else None, drop_last=drop_last)
         ds = WeightsDataset(self.dataset(split), columns=columns, transform=transform, seed=seed)
         generator = torch.Generator().manual_seed(seed) if shuffle else None
@@ -181,7 +306,7 @@ class ZooSource:
 
         ``fn`` maps float32 weights [B, D] to features [B, F] (array or tensor); rows keep their order.
         """
-        columns = [WEIGHTS, *(c for c in META if c in self.dataset(split).column_names)]
+        columns = [WEIGHTS, *self.metadata(split)]
         features, meta = [], {c: [] for c in columns[1:]}
         loader = self.loader(split, columns)
         for batch in tqdm(loader, desc=desc or f"{split} features", disable=not progress, leave=False):

@@ -166,8 +166,7 @@ def train_loop(model: nn.Module, loader: torch.utils.data.DataLoader,
 
 def train_batch_size(source: ZooSource, wanted: int) -> int:
     """``wanted``, but never more than the training rows (full batches only: BatchNorm heads need ≥ 2)."""
-    rows = source.info.num_rows.get("train") if source.epochs is None else None
-    rows = rows if rows is not None else len(source.metadata("train")["epoch"])
+    rows = len(source.metadata("train")["epoch"])
     if rows < 2:
         raise ValueError(f"the training split of {source.config!r} has {rows} row(s); contrastive training needs ≥ 2")
     return max(2, min(wanted, rows))

@@ -3,11 +3,17 @@
 Every probe takes features and targets per split (``{"train": ..., "validation": ..., "test": ...}``),
 fits on train, selects on validation only, and reports a score on all three splits, each on its own rows:
 
-- ``ridge_probe``: closed-form ridge exactly as §11.3. A ones column is appended (the intercept is
-  penalised like every coefficient), float64, (XᵀX + λI) b = Xᵀy solved per λ of ``LAMBDAS``; λ is the
-  one with the best **validation** R² (no fallback to train); R² = 1 − MSE / Var(y) per split, each with
-  its own mean; rows with a NaN target are dropped. When there are fewer train rows than columns the
-  identical solution is computed in dual form, b = Xᵀ (XXᵀ + λI)⁻¹ y (an n × n solve instead of d × d).
+- ``ridge_probe``: closed-form ridge exactly as §11.3 (the reference row of every table). A ones column is
+  appended (the intercept is penalised like every coefficient), float64, (XᵀX + λI) b = Xᵀy solved per λ
+  of ``LAMBDAS``; λ is the one with the best **validation** R² (no fallback to train); R² = 1 − MSE / Var(y)
+  per split, each with its own mean; rows with a NaN target are dropped. When there are fewer train rows
+  than columns the identical solution is computed in dual form, b = Xᵀ (XXᵀ + λI)⁻¹ y (an n × n solve
+  instead of d × d).
+- ``standardized_ridge_probe``: not in the protocol, robust where it is not. Every feature is standardised
+  with the train split's mean and std (constant features dropped), the intercept is the train mean of the
+  target and is not penalised, and λ runs over the wider grid ``STD_LAMBDAS`` (1e-3 … 1e6), again chosen
+  on validation. Without it, features in the thousands (diverged runs) or a penalised intercept (weights
+  with no linear signal: predictions shrink to 0, not to the mean) give R² of −10 to −10⁶.
 - ``gbm_probe``: scikit-learn ``HistGradientBoostingRegressor`` (fixed seed), early-stopped on the
   validation split (Unterthiner et al. early-stopped on test; we do not).
 - ``linear_probe``: §11.4's classifier for categorical targets, in torch: one Linear layer (softmax,
@@ -29,6 +35,8 @@ from modelzoos.repository import SPLITS
 
 REPORT = {"train": "train", "validation": "val", "test": "test"}  # split → key of ProbeResult.scores
 LAMBDAS = (1e3, 3e2, 1e2, 3e1, 1e1, 3.0, 1.0, 0.3, 0.1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
+STD_LAMBDAS = tuple(float(f"{10 ** (k / 2):.3g}") for k in range(12, -7, -1))  # 1e6, 3.16e5, ..., 1e-3
+R2_FLOOR = -1.0  # a test R² below this is flagged: worse than predicting a constant by a whole variance
 
 Splits = Mapping[str, np.ndarray]
 
@@ -44,9 +52,21 @@ class ProbeResult:
     lam: float | None = None  # ridge: the λ chosen on validation
     val_curve: dict[float, float] | None = field(default=None, repr=False)  # ridge: validation R² per λ
 
+    @property
+    def flags(self) -> list[str]:
+        """Warnings for the table: ``"r2<-1"`` (test R² below ``R2_FLOOR``), ``"lambda-edge"`` (the chosen λ
+        is the largest or smallest of its grid: the best value may lie outside it)."""
+        out = []
+        if self.metric == "r2" and self.scores["test"] < R2_FLOOR:
+            out.append("r2<-1")
+        if self.val_curve is not None and self.lam in (max(self.val_curve), min(self.val_curve)):
+            out.append("lambda-edge")
+        return out
+
     def to_json(self) -> dict:
         out = {"metric": self.metric, **self.scores}
-        return out | ({"lambda": self.lam} if self.lam is not None else {})
+        out |= {"lambda": self.lam} if self.lam is not None else {}
+        return out | ({"flags": self.flags} if self.flags else {})
 
 
 def _check(x: Splits, y: Splits) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -97,19 +117,42 @@ def _ridge_solver(xa: np.ndarray, y: np.ndarray):
     return lambda lam: xa.T @ np.linalg.solve(kernel + lam * np.eye(n), y)
 
 
-def ridge_probe(x: Splits, y: Splits, lambdas: tuple[float, ...] = LAMBDAS) -> ProbeResult:
-    """Closed-form ridge of §11.3; λ chosen by validation R² only (module docstring)."""
-    data = {s: (_with_ones(xs), ys.astype(np.float64)) for s, (xs, ys) in _check(x, y).items()}
-    solve = _ridge_solver(*data["train"])
+def _choose(data: dict[str, tuple[np.ndarray, np.ndarray]], solve, predict, lambdas: tuple[float, ...]) -> ProbeResult:
+    """Fit every λ (``solve(λ)`` → coefficients), keep the best validation R², score all splits."""
     coefs = {lam: solve(lam) for lam in lambdas}
     xv, yv = data["validation"]
-    curve = {lam: r2_score(yv, xv @ b) for lam, b in coefs.items()}
+    curve = {lam: r2_score(yv, predict(xv, b)) for lam, b in coefs.items()}
     if all(np.isnan(v) for v in curve.values()):
         raise ValueError("validation targets are constant: R² is undefined, so λ cannot be chosen on validation")
     best = max(lambdas, key=lambda lam: -np.inf if np.isnan(curve[lam]) else curve[lam])
-    preds = {s: xs @ coefs[best] for s, (xs, _) in data.items()}
+    preds = {s: predict(xs, coefs[best]) for s, (xs, _) in data.items()}
     return ProbeResult("r2", {REPORT[s]: r2_score(data[s][1], preds[s]) for s in SPLITS}, preds,
                        {s: data[s][1] for s in SPLITS}, lam=best, val_curve=curve)
+
+
+def ridge_probe(x: Splits, y: Splits, lambdas: tuple[float, ...] = LAMBDAS) -> ProbeResult:
+    """Closed-form ridge of §11.3; λ chosen by validation R² only (module docstring)."""
+    data = {s: (_with_ones(xs), ys.astype(np.float64)) for s, (xs, ys) in _check(x, y).items()}
+    return _choose(data, _ridge_solver(*data["train"]), lambda xs, b: xs @ b, lambdas)
+
+
+def standardize(x: Splits) -> dict[str, np.ndarray]:
+    """Features per split standardised with the train split's mean and std (float64); features constant on
+    train (or non-finite there) are dropped."""
+    train = np.asarray(x["train"], dtype=np.float64)
+    mean, std = train.mean(0), train.std(0)
+    keep = np.isfinite(mean) & np.isfinite(std) & (std > 0)
+    return {s: (np.asarray(v, dtype=np.float64)[:, keep] - mean[keep]) / std[keep] for s, v in x.items()}
+
+
+def standardized_ridge_probe(x: Splits, y: Splits, lambdas: tuple[float, ...] = STD_LAMBDAS) -> ProbeResult:
+    """Ridge on standardised features with an unpenalised intercept; λ by validation R² (module docstring)."""
+    checked = _check(x, y)
+    z = standardize({s: xs for s, (xs, _) in checked.items()})
+    data = {s: (z[s], ys.astype(np.float64)) for s, (_, ys) in checked.items()}
+    offset = data["train"][1].mean()
+    solve = _ridge_solver(data["train"][0], data["train"][1] - offset)
+    return _choose(data, solve, lambda xs, b: xs @ b + offset, lambdas)
 
 
 # ---------------------------------------------------------------------------------------------------------

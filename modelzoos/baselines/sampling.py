@@ -9,8 +9,17 @@
 3. Decode to flat weights, rebuild with ``loading.build_module`` and evaluate on the zoo's test images
    (``loading.evaluate_row``), then again after ``finetune_epochs`` epochs of the zoo's own training
    protocol (``training.train_reference`` resumed from the sampled weights, fresh optimizer).
-4. Baselines: the anchors' own accuracies, and random initialisation (the zoo's init scheme, new seeds)
-   trained with the same protocol.
+4. Baselines: the anchors' own accuracies, the anchors decoded from their own latents (``reconstructed``:
+   does the decoder work at all?), and random initialisation (the zoo's init scheme, new seeds) trained
+   with the same protocol.
+5. New models or copies? For every sample, the nearest training checkpoint (Euclidean distance over the
+   flat vector, all training rows): its distance relative to its norm, its model and test accuracy. The
+   scale to compare with is ``between_models``: for as many anchors, the distance to the nearest
+   checkpoint of *another* training model (how far apart two real models are).
+
+The generator is the hyper-representation baseline's model, or (``SamplingConfig.hyperrep``) one trained
+for generation only, optionally on other epochs (``SamplingConfig.epochs``; R22 used 5 consecutive late
+epochs per model).
 
 The training configuration is that of the best anchor (optimizer, lr, batch size, ...); the run seeds
 (data order, and for random init the weights) are ``SEED_BASE + i``, outside every catalogue seed range.
@@ -28,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from modelzoos.baselines.data import ZooSource
-from modelzoos.baselines.hyperrep import HyperRep
+from modelzoos.baselines.hyperrep import HyperRep, HyperRepConfig
 from modelzoos.catalogue import ModelConfig
 from modelzoos.data import ImageData, load_image_data
 from modelzoos.loading import WEIGHTS, build_module, evaluate_row
@@ -44,6 +53,8 @@ class SamplingConfig:
     bandwidth: float = 0.002  # per-dimension KDE bandwidth, in latent units
     finetune_epochs: int = 1
     seed: int = 0
+    hyperrep: HyperRepConfig | None = None  # the generator's settings; None: reuse the hyperrep baseline's model
+    epochs: tuple[int, ...] | None = None  # the generator's samples (anchors too); None: the bench's epochs
 
 
 def kde_sample(latents: np.ndarray, n: int, bandwidth: float, seed: int = 0) -> np.ndarray:
@@ -86,28 +97,66 @@ def from_scratch(source: ZooSource, config: ModelConfig, data: ImageData, epochs
     return results[0].metrics["test_acc"][0], results[-1].metrics["test_acc"][0]
 
 
+def nearest_checkpoints(weights: torch.Tensor, source: ZooSource, split: str = "train",
+                        exclude_models: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """For every flat vector of ``weights`` [n, D], its nearest checkpoint of ``split`` (one pass over the
+    rows): ``distance`` (L2), ``relative`` (distance ÷ the checkpoint's norm), ``model_id``, ``epoch`` and
+    ``test_acc`` of that checkpoint. ``exclude_models`` [n]: a model whose checkpoints vector i may not match
+    (its own model), or None."""
+    w = weights.double()
+    best = np.full(len(w), np.inf)
+    found = {k: np.zeros(len(w), dtype=np.int64) for k in ("model_id", "epoch")}
+    found |= {"norm": np.zeros(len(w)), "test_acc": np.zeros(len(w))}
+    for batch in source.loader(split, ("weights", "model_id", "epoch", "test_acc")):
+        rows = batch["weights"].double()
+        dist = torch.cdist(w, rows, compute_mode="donot_use_mm_for_euclid_dist").numpy()
+        if exclude_models is not None:
+            dist[np.asarray(exclude_models)[:, None] == batch["model_id"].numpy()[None, :]] = np.inf
+        idx = dist.argmin(1)
+        closer = dist[np.arange(len(w)), idx] < best
+        best[closer] = dist[np.arange(len(w)), idx][closer]
+        for key in ("model_id", "epoch", "test_acc"):
+            found[key][closer] = batch[key].numpy()[idx][closer]
+        found["norm"][closer] = rows.norm(dim=1).numpy()[idx][closer]
+    return {"distance": best, "relative": best / found.pop("norm"), **found}
+
+
 def sample_and_evaluate(rep: HyperRep, source: ZooSource, latents: np.ndarray, meta: Mapping[str, np.ndarray],
                         config: SamplingConfig = SamplingConfig(), *, device: str | torch.device = "cpu",
-                        progress: bool = True) -> dict[str, list[float]]:
-    """Test accuracies per method: ``anchors``, ``sampled``, ``sampled_ft``, ``random``, ``random_ft``.
+                        progress: bool = True) -> dict[str, dict[str, list[float]]]:
+    """``{"accuracy": {method: [test accuracy]}, "nearest": {...}}`` (module docstring).
 
-    ``latents`` [N, latent] and ``meta`` (``test_acc``, ``model_id``, optionally ``activation``) are the
-    training rows, in the same order (``ZooSource.extract("train", rep.embed)``).
+    Methods: ``anchors``, ``reconstructed``, ``sampled``, ``sampled_ft``, ``random``, ``random_ft``.
+    ``nearest``: per sample (``sampled_*``) and per anchor (``between_models_*``), the nearest training
+    checkpoint's relative distance and test accuracy (``nearest_checkpoints``). ``latents`` [N, latent]
+    and ``meta`` (``test_acc``, ``model_id``, optionally ``activation``) are the training rows of
+    ``source``, in the same order (``ZooSource.extract("train", rep.embed)``).
     """
     rows = anchors(meta, config.top)
     z = kde_sample(latents[rows], config.samples, config.bandwidth, config.seed)
     weights = rep.decode(torch.from_numpy(z).float())
+    own = rep.decode(torch.from_numpy(latents[rows[: config.samples]]).float())
     zoo = source.info.zoo
     base = zoo.models()[int(meta["model_id"][rows[0]])]
     data = load_image_data(zoo.data)
-    out: dict[str, list[float]] = {"anchors": np.asarray(meta["test_acc"])[rows].tolist(), "sampled": [],
-                                   "sampled_ft": [], "random": [], "random_ft": []}
+    out: dict[str, list[float]] = {"anchors": np.asarray(meta["test_acc"])[rows].tolist(), "reconstructed": [],
+                                   "sampled": [], "sampled_ft": [], "random": [], "random_ft": []}
     for i in tqdm(range(config.samples), desc="sampling", disable=not progress):
         run = dataclasses.replace(base, seed=SEED_BASE + i)
-        row = {WEIGHTS: weights[i], "activation": run.activation, "dropout": run.dropout}
-        out["sampled"].append(evaluate_row(row, source.info, data=data, device=device)[1])
+        for key, flat in (("sampled", weights[i]), ("reconstructed", own[i] if i < len(own) else None)):
+            if flat is not None:
+                row = {WEIGHTS: flat, "activation": run.activation, "dropout": run.dropout}
+                out[key].append(evaluate_row(row, source.info, data=data, device=device)[1])
         out["sampled_ft"].append(finetune(weights[i], source, run, data, config.finetune_epochs, device))
         initial, trained = from_scratch(source, run, data, config.finetune_epochs, device)
         out["random"].append(initial)
         out["random_ft"].append(trained)
-    return out
+    sampled = nearest_checkpoints(weights, source)
+    anchor_rows = rows[: config.samples]
+    between = nearest_checkpoints(source.weights("train", anchor_rows), source,
+                                  exclude_models=np.asarray(meta["model_id"])[anchor_rows])
+    nearest = {"sampled_relative": sampled["relative"], "sampled_nearest_acc": sampled["test_acc"],
+               "sampled_nearest_models": sampled["model_id"],
+               "between_models_relative": between["relative"], "between_models_nearest_acc": between["test_acc"]}
+    return {"accuracy": out, "nearest": {k: np.asarray(v).tolist() for k, v in nearest.items()}}
+
