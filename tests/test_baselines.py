@@ -347,13 +347,17 @@ def test_hyperrep_trains_and_embeds_held_out_models(source, hyperrep):
 
 
 def test_hyperrep_r21_variant_compression_token_and_shuffled_rows(source):
-    config = replace(TINY_HYPERREP, pooling="token", models_per_batch=0, per_tensor_stats=False, erase_p=0.5,
+    config = replace(TINY_HYPERREP, pooling="token", models_per_batch=0, normalisation="layer", erase_p=0.5,
                      noise=0.01, epochs=3)
     rep = train_hyperrep(source, config, progress=False)
     assert rep.history[-1]["loss"] < rep.history[0]["loss"] and not rep.stats.per_tensor
     assert rep.embed(next(iter(source.loader("test")))[WEIGHTS]).shape[1] == TINY_HYPERREP.latent
     with pytest.raises(ValueError, match="pooling"):
         train_hyperrep(source, replace(config, pooling="max"), progress=False)
+    with pytest.raises(ValueError, match="normalisation"):
+        train_hyperrep(source, replace(config, normalisation="global"), progress=False)
+    weights = next(iter(source.loader("test")))[WEIGHTS]
+    assert torch.equal(LayerStats.identity(source.layout).standardize(weights), weights)  # normalisation="none"
 
 
 @pytest.mark.parametrize("streaming", [False, True])

@@ -404,6 +404,13 @@ class LayerStats:
         as32 = torch.float32
         return cls(torch.tensor(mean, dtype=as32), torch.tensor(std, dtype=as32), torch.from_numpy(ids), per_tensor)
 
+    @classmethod
+    def identity(cls, layout: Layout) -> LayerStats:
+        """Mean 0 and std 1 for every tensor: ``standardize`` leaves weights as they are (no normalisation)."""
+        ids = tensor_ids(layout)
+        groups = int(ids.max()) + 1
+        return cls(torch.zeros(groups), torch.ones(groups), torch.from_numpy(ids), per_tensor=True)
+
     def to(self, device: str | torch.device) -> LayerStats:
         return LayerStats(self.mean.to(device), self.std.to(device), self.ids.to(device), self.per_tensor)
 

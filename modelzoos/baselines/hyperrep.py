@@ -11,7 +11,7 @@ Pipeline (baselines.md §4-5), scaled down so a 100-model digits zoo trains in m
 - loss: γ · NT-Xent(proj(z₁), proj(z₂)) + (1 − γ) · reconstruction over two views, the projection head
   an MLP with BatchNorm (R21). Reconstruction is the masked MSE of *standardised* tokens
   (``data.LayerStats``: mean and std of the training weights per tensor, a bias apart from its weight;
-  per layer with ``per_tensor_stats=False``), i.e. R22's layer-wise loss normalisation
+  per layer with ``normalisation="layer"``, none with ``"none"``), i.e. R22's layer-wise loss normalisation
   Σ_l ‖ŵ_l − w_l‖² / σ_l² with "global_mean" reduction; decoding de-standardises;
 - views (``TwoViews``, run in DataLoader workers): a random function-preserving permutation each, then
   (off by default, R21's settings: ``erase_p=0.5``, ``noise=0``) random erasing and Gaussian noise;
@@ -71,6 +71,8 @@ from modelzoos.transforms import (
     tokens_per_neuron,
 )
 
+NORMALISATIONS = ("tensor", "layer", "none")
+
 
 @dataclass(frozen=True)
 class HyperRepConfig:
@@ -88,9 +90,10 @@ class HyperRepConfig:
     # loss
     gamma: float = 0.5  # weight of NT-Xent; (1 − γ) weighs the reconstruction (R21 seed zoos: 0.1)
     temperature: float = 0.1
-    per_tensor_stats: bool = True  # standardise every tensor on its own (False: weight + bias per layer)
+    normalisation: str = "tensor"  # LWLN groups: "tensor" (a bias apart from its weight), "layer" (weight + bias,
+    # R22), "none" (the plain MSE of raw weights, R21)
     # augmentation
-    permutations: int = 1000  # precomputed permutation table (two independent draws per sample)
+    permutations: int = 1000  # precomputed permutation table (two independent draws per sample); 0: no permutations
     erase_p: float = 0.0  # R21: 0.5
     erase_scale: tuple[float, float] = (0.02, 0.33)  # fraction of the flat vector erased
     noise: float = 0.0  # additive σ, in weight units (R21: 0)
@@ -113,13 +116,13 @@ class TwoViews:
     """``(weights [B, D], rng) → [B, 4, D]``: target₁, input₁, target₂, input₂ (target = permuted,
     input = permuted then corrupted). Picklable, so it runs in DataLoader workers."""
 
-    permutation: Permutation
+    permutation: Permutation | None  # None: no permutation (the target is the weights themselves)
     corrupt: Compose
 
     def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         views = []
         for _ in range(2):
-            target = self.permutation(x, rng)
+            target = x if self.permutation is None else self.permutation(x, rng)
             views += [target, self.corrupt(target, rng)]
         return np.stack(views, axis=1)
 
@@ -277,9 +280,13 @@ def train_hyperrep(source: ZooSource, config: HyperRepConfig = HyperRepConfig(),
     device = torch.device(device)
     torch.manual_seed(config.seed)
     tokenizer = tokens_per_neuron(source.layout)
-    stats = LayerStats.fit(source, per_tensor=config.per_tensor_stats).to(device)
+    if config.normalisation not in NORMALISATIONS:
+        raise ValueError(f"normalisation must be one of {', '.join(NORMALISATIONS)}, got {config.normalisation!r}")
+    stats = (LayerStats.identity(source.layout) if config.normalisation == "none" else
+             LayerStats.fit(source, per_tensor=config.normalisation == "tensor")).to(device)
     model = HyperRepAE(tokenizer, config).to(device)
-    views = TwoViews(Permutation(PermutationSpec.of(source.layout, zoo.architecture), config.permutations, config.seed),
+    spec = PermutationSpec.of(source.layout, zoo.architecture)
+    views = TwoViews(Permutation(spec, config.permutations, config.seed) if config.permutations else None,
                      Compose([RandomErasing(config.erase_p, config.erase_scale), GaussianNoise(config.noise)]))
     if config.models_per_batch > 0 and not source.streaming:
         loader = source.model_batches("train", config.models_per_batch, transform=views, seed=config.seed)
