@@ -380,9 +380,13 @@ def test_sampling_decodes_rebuilds_and_finetunes(source, hyperrep):
     assert draws.shape == (50, latents.shape[1]) and np.abs(draws).max() <= 1
     result = sample_and_evaluate(hyperrep, source, latents, meta, SamplingConfig(samples=2), progress=False)
     acc, near = result["accuracy"], result["nearest"]
-    assert set(acc) == {"anchors", "reconstructed", "sampled", "sampled_ft", "random", "random_ft"}
-    assert all(len(acc[k]) == 2 and all(0 <= a <= 1 for a in acc[k]) for k in ("sampled", "reconstructed", "random_ft"))
+    methods = ("sampled", "sampled_joint", "weight_kde")
+    assert set(acc) == {"anchors", "reconstructed", "random", "random_ft", *methods, *(f"{m}_ft" for m in methods)}
+    assert all(len(acc[k]) == 2 and all(0 <= a <= 1 for a in acc[k]) for k in acc if k != "anchors")
     assert all(len(v) == 2 for v in near.values()) and min(near["between_models_relative"]) > 0
+    assert set(near) >= {f"{m}_relative" for m in methods}
+    joint = kde_sample(latents[rows], 50, 0.002, seed=1, joint=True)  # around single anchors
+    assert np.abs(joint[:, None] - latents[rows][None]).max(2).min(1).max() < 0.02
     # a training checkpoint's nearest training checkpoint is itself; excluding its model, another model's
     weights = source.weights("train", rows[:2])
     itself = nearest_checkpoints(weights, source)
@@ -419,7 +423,7 @@ def test_bench_writes_markdown_json_and_figure(repo, tmp_path):
     assert saved["baselines"]["stats"]["dims"] == 70 and "gbm" in saved["baselines"]["stats"]["probes"]
     assert "gbm" not in saved["baselines"]["weights"]["probes"]  # 2,464 dims > GBM_MAX_DIMS
     assert saved["sampling"]["summary"]["sampled"]["n"] == 2 and saved["sampling"]["generator"] == "hyperrep baseline"
-    assert set(saved["sampling"]["summary"]["nearest"]) >= {"sampled_relative_median", "between_models_relative_median"}
+    assert set(saved["sampling"]["summary"]["nearest"]) == {"sampled", "sampled_joint", "weight_kde", "between_models"}
     cleaning = saved["filtering"]
     assert cleaning["weight_threshold"] == WEIGHT_THRESHOLD and cleaning["rules"] == ["nonfinite", "threshold"]
     assert cleaning["splits"]["test"]["kept_states"] == 12  # digits seed weights stay far below 5

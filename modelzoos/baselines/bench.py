@@ -63,7 +63,7 @@ from modelzoos.baselines.probes import (
     standardize,
     standardized_ridge_probe,
 )
-from modelzoos.baselines.sampling import SamplingConfig, sample_and_evaluate
+from modelzoos.baselines.sampling import METHODS, SamplingConfig, sample_and_evaluate
 from modelzoos.baselines.sane import SaneConfig, train_sane
 
 log = logging.getLogger(__name__)
@@ -223,12 +223,10 @@ def run_sampling(source: ZooSource, trained: dict[str, Any], hyperrep: HyperRepC
     summary = {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
                for k, v in result["accuracy"].items()}
     nearest = result["nearest"]
-    summary["nearest"] = {
-        "sampled_relative_median": float(np.median(nearest["sampled_relative"])),
-        "between_models_relative_median": float(np.median(nearest["between_models_relative"])),
-        "sampled_nearest_acc_median": float(np.median(nearest["sampled_nearest_acc"])),
-        "distinct_nearest_models": len(set(nearest["sampled_nearest_models"])),
-    }
+    summary["nearest"] = {m: {"relative_median": float(np.median(nearest[f"{m}_relative"])),
+                              "nearest_acc_median": float(np.median(nearest[f"{m}_nearest_acc"])),
+                              "distinct_nearest_models": len(set(nearest[f"{m}_nearest_models"]))} for m in METHODS}
+    summary["nearest"]["between_models"] = {"relative_median": float(np.median(nearest["between_models_relative"]))}
     return {"config": dataclasses.asdict(sampling), "generator": "hyperrep baseline" if reuse else "own",
             "generator_history": rep.history, **result, "summary": summary}
 
@@ -310,22 +308,35 @@ def markdown(results: dict[str, Any]) -> str:
                          f"{entry['peak_rss_mb']:.0f}" if first else ""])
     lines.append(_table(head, rows))
     if results.get("sampling"):
-        s = results["sampling"]
-        ft = s["config"].get("finetune_epochs", 1)
-        labels = {"anchors": "zoo anchors (top 30 % of train rows)",
-                  "reconstructed": "anchors decoded from their latents", "sampled": "sampled (S_KDE30), no training",
-                  "sampled_ft": f"sampled + {ft} epoch(s)", "random": "random init, no training",
-                  "random_ft": f"random init + {ft} epoch(s)"}
-        rows = [[labels[k], f"{s['summary'][k]['mean']:.3f} ± {s['summary'][k]['std']:.3f}", str(s["summary"][k]["n"])]
-                for k in s["accuracy"]]
-        near = s["summary"]["nearest"]
-        lines += ["", f"Sampling (generator: {s['generator']}; test accuracy; {s['time_s']:.1f} s, "
-                  f"peak {s['peak_rss_mb']:.0f} MB):", "", _table(["models", "test accuracy", "n"], rows), "",
-                  f"Nearest training checkpoint of a sample: relative L2 distance median "
-                  f"{near['sampled_relative_median']:.3f} (an anchor to the nearest checkpoint of another training "
-                  f"model: {near['between_models_relative_median']:.3f}); {near['distinct_nearest_models']} distinct "
-                  f"nearest models; their test accuracy median {near['sampled_nearest_acc_median']:.3f}."]
+        lines += ["", sampling_table(results["sampling"])]
     return "\n".join(lines)
+
+
+SAMPLING_LABELS = {"anchors": "zoo anchors (top 30 % of train rows)",
+                   "reconstructed": "anchors decoded from their own latents",
+                   "sampled": "S_KDE30: per-dimension KDE of latents, decoded (R22)",
+                   "sampled_joint": "joint KDE of latents, decoded (samples around one anchor)",
+                   "weight_kde": "B_KDE30: per-dimension KDE of weights, no hyper-representation",
+                   "random": "random init"}
+
+
+def sampling_table(s: dict[str, Any]) -> str:
+    """Test accuracy per method, untrained and after fine-tuning, and the distance to the nearest training
+    checkpoint (relative L2, median) against the distance between two training models."""
+    ft = s["config"].get("finetune_epochs", 1)
+    near, summary = s["summary"]["nearest"], s["summary"]
+    rows = []
+    for key, label in SAMPLING_LABELS.items():
+        cells = [f"{summary[k]['mean']:.3f} ± {summary[k]['std']:.3f}" if k in summary else "—"
+                 for k in (key, f"{key}_ft")]
+        distance = (f"{near[key]['relative_median']:.3f} ({near[key]['distinct_nearest_models']} models, their "
+                    f"acc. {near[key]['nearest_acc_median']:.3f})" if key in near else "—")
+        rows.append([label, *cells, distance, str(summary[key]["n"])])
+    head = ["models", "test acc., no training", f"after {ft} epoch(s)",
+            "nearest training checkpoint: rel. distance", "n"]
+    return "\n".join([f"Sampling (generator: {s['generator']}; {s['time_s']:.1f} s, peak {s['peak_rss_mb']:.0f} MB; "
+                      f"relative distance between two training models: "
+                      f"{near['between_models']['relative_median']:.3f}):", "", _table(head, rows)])
 
 
 def figure(plots: dict[str, Any], path: Path) -> None:

@@ -57,14 +57,22 @@ class SamplingConfig:
     epochs: tuple[int, ...] | None = None  # the generator's samples (anchors too); None: the bench's epochs
 
 
-def kde_sample(latents: np.ndarray, n: int, bandwidth: float, seed: int = 0) -> np.ndarray:
-    """``n`` draws [n, d] from independent 1-D Gaussian KDEs of each column of ``latents`` [N, d], in [−1, 1]."""
+def kde_sample(points: np.ndarray, n: int, bandwidth: float, seed: int = 0, *, joint: bool = False,
+               bounds: tuple[float, float] | None = (-1.0, 1.0)) -> np.ndarray:
+    """``n`` draws [n, d] from a Gaussian KDE of ``points`` [N, d], clipped to ``bounds`` (tanh's range).
+
+    Default (R22's S_KDE): an independent 1-D KDE per column, every column sampled on its own. ``joint``:
+    the d-dimensional KDE with an isotropic bandwidth (SANE's sampling): a random point plus N(0, bw²) noise.
+    """
     from sklearn.neighbors import KernelDensity
 
-    latents = np.asarray(latents, dtype=np.float64)
-    columns = [KernelDensity(bandwidth=bandwidth).fit(latents[:, [j]]).sample(n, random_state=seed + j)[:, 0]
-               for j in range(latents.shape[1])]
-    return np.clip(np.stack(columns, axis=1), -1.0, 1.0)
+    points = np.asarray(points, dtype=np.float64)
+    if joint:
+        out = KernelDensity(bandwidth=bandwidth).fit(points).sample(n, random_state=seed)
+    else:
+        out = np.stack([KernelDensity(bandwidth=bandwidth).fit(points[:, [j]]).sample(n, random_state=seed + j)[:, 0]
+                        for j in range(points.shape[1])], axis=1)
+    return out if bounds is None else np.clip(out, *bounds)
 
 
 def anchors(meta: Mapping[str, np.ndarray], top: float) -> np.ndarray:
@@ -121,42 +129,62 @@ def nearest_checkpoints(weights: torch.Tensor, source: ZooSource, split: str = "
     return {"distance": best, "relative": best / found.pop("norm"), **found}
 
 
+METHODS = ("sampled", "sampled_joint", "weight_kde")  # S_KDE30, joint KDE in latent space, B_KDE30
+
+
 def sample_and_evaluate(rep: HyperRep, source: ZooSource, latents: np.ndarray, meta: Mapping[str, np.ndarray],
                         config: SamplingConfig = SamplingConfig(), *, device: str | torch.device = "cpu",
                         progress: bool = True) -> dict[str, dict[str, list[float]]]:
     """``{"accuracy": {method: [test accuracy]}, "nearest": {...}}`` (module docstring).
 
-    Methods: ``anchors``, ``reconstructed``, ``sampled``, ``sampled_ft``, ``random``, ``random_ft``.
-    ``nearest``: per sample (``sampled_*``) and per anchor (``between_models_*``), the nearest training
-    checkpoint's relative distance and test accuracy (``nearest_checkpoints``). ``latents`` [N, latent]
-    and ``meta`` (``test_acc``, ``model_id``, optionally ``activation``) are the training rows of
-    ``source``, in the same order (``ZooSource.extract("train", rep.embed)``).
+    Methods: ``anchors``; ``reconstructed`` (anchors decoded from their own latents); ``sampled`` (R22's
+    S_KDE30: per-dimension KDE of the anchors' latents, decoded), ``sampled_joint`` (the joint KDE of the
+    latents, decoded: samples around single anchors), ``weight_kde`` (R22's B_KDE30: per-dimension KDE of
+    the anchors' weights, standardised as the generator sees them, no hyper-representation), each evaluated
+    as is and after ``finetune_epochs`` (``<method>_ft``); ``random`` / ``random_ft``. ``nearest``: per
+    sampled model, the relative distance to and the test accuracy of its nearest training checkpoint, and
+    per anchor the same for the nearest checkpoint of another model (``between_models``). ``latents``
+    [N, latent] and ``meta`` (``test_acc``, ``model_id``, optionally ``activation``) are the training rows
+    of ``source``, in the same order (``ZooSource.extract("train", rep.embed)``).
     """
     rows = anchors(meta, config.top)
-    z = kde_sample(latents[rows], config.samples, config.bandwidth, config.seed)
-    weights = rep.decode(torch.from_numpy(z).float())
-    own = rep.decode(torch.from_numpy(latents[rows[: config.samples]]).float())
+    own = rows[: config.samples]
+    anchor_weights = source.weights("train", rows)
+    standard = rep.stats.standardize(anchor_weights.to(rep.device)).cpu().numpy()
+    draws = {
+        "sampled": rep.decode(torch.from_numpy(kde_sample(latents[rows], config.samples, config.bandwidth,
+                                                          config.seed)).float()),
+        "sampled_joint": rep.decode(torch.from_numpy(kde_sample(latents[rows], config.samples, config.bandwidth,
+                                                                config.seed, joint=True)).float()),
+        "weight_kde": rep.stats.restore(torch.from_numpy(kde_sample(
+            standard, config.samples, config.bandwidth, config.seed, bounds=None)).float().to(rep.device)).cpu(),
+    }
+    reconstructed = rep.decode(torch.from_numpy(latents[own]).float())
     zoo = source.info.zoo
     base = zoo.models()[int(meta["model_id"][rows[0]])]
     data = load_image_data(zoo.data)
-    out: dict[str, list[float]] = {"anchors": np.asarray(meta["test_acc"])[rows].tolist(), "reconstructed": [],
-                                   "sampled": [], "sampled_ft": [], "random": [], "random_ft": []}
+    out: dict[str, list[float]] = {"anchors": np.asarray(meta["test_acc"])[rows].tolist(), "reconstructed": []}
+    out |= {k: [] for m in METHODS for k in (m, f"{m}_ft")} | {"random": [], "random_ft": []}
+
+    def accuracy(flat: torch.Tensor, run: ModelConfig) -> float:
+        row = {WEIGHTS: flat, "activation": run.activation, "dropout": run.dropout}
+        return evaluate_row(row, source.info, data=data, device=device)[1]
+
     for i in tqdm(range(config.samples), desc="sampling", disable=not progress):
         run = dataclasses.replace(base, seed=SEED_BASE + i)
-        for key, flat in (("sampled", weights[i]), ("reconstructed", own[i] if i < len(own) else None)):
-            if flat is not None:
-                row = {WEIGHTS: flat, "activation": run.activation, "dropout": run.dropout}
-                out[key].append(evaluate_row(row, source.info, data=data, device=device)[1])
-        out["sampled_ft"].append(finetune(weights[i], source, run, data, config.finetune_epochs, device))
+        if i < len(reconstructed):
+            out["reconstructed"].append(accuracy(reconstructed[i], run))
+        for method in METHODS:
+            out[method].append(accuracy(draws[method][i], run))
+            out[f"{method}_ft"].append(finetune(draws[method][i], source, run, data, config.finetune_epochs, device))
         initial, trained = from_scratch(source, run, data, config.finetune_epochs, device)
         out["random"].append(initial)
         out["random_ft"].append(trained)
-    sampled = nearest_checkpoints(weights, source)
-    anchor_rows = rows[: config.samples]
-    between = nearest_checkpoints(source.weights("train", anchor_rows), source,
-                                  exclude_models=np.asarray(meta["model_id"])[anchor_rows])
-    nearest = {"sampled_relative": sampled["relative"], "sampled_nearest_acc": sampled["test_acc"],
-               "sampled_nearest_models": sampled["model_id"],
-               "between_models_relative": between["relative"], "between_models_nearest_acc": between["test_acc"]}
+    nearest: dict[str, np.ndarray] = {}
+    for method in METHODS:
+        found = nearest_checkpoints(draws[method], source)
+        nearest |= {f"{method}_relative": found["relative"], f"{method}_nearest_acc": found["test_acc"],
+                    f"{method}_nearest_models": found["model_id"]}
+    between = nearest_checkpoints(anchor_weights[: len(own)], source, exclude_models=np.asarray(meta["model_id"])[own])
+    nearest |= {"between_models_relative": between["relative"], "between_models_nearest_acc": between["test_acc"]}
     return {"accuracy": out, "nearest": {k: np.asarray(v).tolist() for k, v in nearest.items()}}
-
