@@ -1,0 +1,234 @@
+"""The weight-space baselines on the two digits zoos of BENCHMARKS.md: full bench runs, ablations, sampling.
+
+Zoos (generated once, built into one repository folder; commands in BENCHMARKS.md):
+
+- seed zoo: ``digits_cnn_seed``, 100 models × epochs 0–15 (as ``make demo``);
+- hyperparameter zoo: ``benchmarks/digits_cnn_hyp_lr10.toml`` (the Hyp-10-rand grid with learning rates
+  ×10), 512 models × epochs 0–30.
+
+Commands (every result lands in ``--out`` as JSON + markdown; rerunning a variant overwrites its file)::
+
+    python benchmarks/bench_digits.py bench --repo runs/hub --config digits_cnn_seed --out DIR \\
+        [--baselines stats,weights,hyperrep,sane,sampling] [--epochs-filter 0-15] [--hyperrep NAME] [--sane NAME]
+    python benchmarks/bench_digits.py ablation hyperrep --repo runs/hub --config CONFIG --out DIR --variants a,b
+    python benchmarks/bench_digits.py ablation sane ...
+    python benchmarks/bench_digits.py sampling --repo runs/hub --config digits_cnn_seed --out DIR --variants a,b
+    python benchmarks/bench_digits.py mixing --repo runs/hub --config digits_cnn_seed --epochs-filter 11-15 --out DIR
+    python benchmarks/bench_digits.py table --out DIR          # the ablation / sampling table of DIR's JSONs
+
+Ablation variants are named entries of ``HYPERREP`` / ``SANE`` below (validation scores choose between
+them; test scores are reported beside). One torch thread throughout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modelzoos.baselines.bench import markdown, run_bench, sampling_table
+from modelzoos.baselines.data import ZooSource, parse_epochs, parse_threshold
+from modelzoos.baselines.hyperrep import HyperRepConfig
+from modelzoos.baselines.sampling import SamplingConfig, anchors, kde_sample
+from modelzoos.baselines.sane import SaneConfig
+from modelzoos.data import load_image_data
+from modelzoos.loading import WEIGHTS, evaluate_row
+from modelzoos.transforms import Permutation, PermutationSpec
+
+# R21's recipe (MNIST-Hyp: compression token, layer-wise statistics, erasing p 0.5, shuffled rows, γ 0.1) at our
+# model size, and one change at a time from it and from the seed-zoo defaults.
+R21 = HyperRepConfig(pooling="token", normalisation="layer", erase_p=0.5, models_per_batch=0, gamma=0.1)
+DEFAULT = HyperRepConfig()
+HYPERREP: dict[str, HyperRepConfig] = {
+    "default": DEFAULT,
+    "r21": R21,
+    "r21_mean": dataclasses.replace(R21, pooling="mean"),
+    "r21_tensor": dataclasses.replace(R21, normalisation="tensor"),
+    "r21_noerase": dataclasses.replace(R21, erase_p=0.0),
+    "r21_runs": dataclasses.replace(R21, models_per_batch=4),
+    "default_rows": dataclasses.replace(DEFAULT, models_per_batch=0),
+    "default_erase": dataclasses.replace(DEFAULT, erase_p=0.5),
+    "default_token": dataclasses.replace(DEFAULT, pooling="token"),
+}
+
+SANE: dict[str, SaneConfig] = {
+    "default": SaneConfig(),
+    "whole": SaneConfig(window=64),  # the whole 48-token sequence in every window
+    "gamma05": SaneConfig(gamma=0.5),
+    "nonoise": SaneConfig(noise=0.0),
+}
+
+# Generators (R22: a hyper-representation trained for reconstruction, with layer-wise loss normalisation, on
+# 5 consecutive late epochs per model): here epochs 11-15 of the seed zoo, latent 128, γ 0.05, 150 epochs.
+GENERATOR = HyperRepConfig(latent=128, gamma=0.05, epochs=150, models_per_batch=0, batch_size=32, permutations=0)
+LATE = tuple(range(11, 16))
+SAMPLING: dict[str, SamplingConfig] = {
+    "default": SamplingConfig(),
+    "lwln": SamplingConfig(hyperrep=GENERATOR, epochs=LATE),
+    "no_lwln": SamplingConfig(hyperrep=dataclasses.replace(GENERATOR, normalisation="none"), epochs=LATE),
+    "permuted": SamplingConfig(hyperrep=dataclasses.replace(GENERATOR, permutations=1000), epochs=LATE),
+}
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(type(value).__name__)
+
+
+def scores(results: dict[str, Any], name: str) -> dict[str, dict[str, dict[str, float]]]:
+    """{probe: {target: {"val": …, "test": …}}} of one baseline of a bench result."""
+    probes = results["baselines"][name]["probes"]
+    return {p: {t: {"val": r["val"], "test": r["test"]} for t, r in by.items()} for p, by in probes.items()}
+
+
+def ablation(kind: str, args: argparse.Namespace) -> None:
+    table = HYPERREP if kind == "hyperrep" else SANE
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for variant in args.variants.split(","):
+        config = table[variant]
+        results = run_bench(args.repo, args.config, [kind], device=args.device, epochs=parse_epochs(args.epochs_filter),
+                            weight_threshold=args.weight_threshold, progress=False, **{kind: config})
+        entry = results["baselines"][kind]
+        record = {"kind": kind, "variant": variant, "config": dataclasses.asdict(config), "zoo": args.config,
+                  "epochs": results["epochs"], "splits": results["splits"], "time_s": entry["time_s"],
+                  "peak_rss_mb": entry["peak_rss_mb"], "scores": scores(results, kind),
+                  "history": [entry["history"][0], entry["history"][-1]]}
+        (out / f"{kind}_{variant}.json").write_text(json.dumps(record, indent=1, default=_json) + "\n")
+        print(f"{kind} {variant}: {entry['time_s']:.0f} s", flush=True)
+    print(ablation_table(out))
+
+
+def sampling(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for variant in args.variants.split(","):
+        config = SAMPLING[variant]
+        start = time.perf_counter()
+        results = run_bench(args.repo, args.config, ["sampling"], device=args.device,
+                            epochs=parse_epochs(args.epochs_filter), weight_threshold=args.weight_threshold,
+                            progress=False, sampling=config)
+        record = {"variant": variant, **results["sampling"], "time_s": time.perf_counter() - start}
+        (out / f"sampling_{variant}.json").write_text(json.dumps(record, indent=1, default=_json) + "\n")
+        print(f"sampling {variant}: {record['time_s']:.0f} s", flush=True)
+    print(ablation_table(out))
+
+
+def ablation_table(out: Path) -> str:
+    """Markdown tables of every ablation / sampling JSON in ``out`` (val / test per target, ridge probe)."""
+    lines = []
+    records = [json.loads(p.read_text()) for p in sorted(out.glob("*_*.json"))]
+    probe_records = [r for r in records if "scores" in r]
+    if probe_records:
+        targets = list(probe_records[0]["scores"]["ridge"])
+        head = ["variant", "probe", *targets, "time s"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in probe_records:
+            for probe in ("ridge", "ridge_std"):
+                cells = [f"{r['scores'][probe][t]['val']:.3f} / {r['scores'][probe][t]['test']:.3f}"
+                         if t in r["scores"][probe] else "—" for t in targets]
+                lines.append(f"| {r['kind']} {r['variant']} | {probe} | " + " | ".join(cells)
+                             + f" | {r['time_s']:.0f} |")
+    for r in (r for r in records if "accuracy" in r):
+        lines += ["", f"### sampling variant `{r['variant']}`", "", sampling_table(r)]
+    return "\n".join(lines)
+
+
+def sorted_units(weights: np.ndarray, spec: PermutationSpec) -> np.ndarray:
+    """Every hidden layer's units sorted by the L2 norm of their incoming weights and bias, largest first
+    (a canonical form, protocol §10.4; function-preserving)."""
+    perms = []
+    for group in spec.groups:
+        norm = np.zeros((len(weights), group.size))
+        for member in (m for m in group.members if m.axis == 0):
+            e = member.entry
+            norm += (weights[:, e.offset : e.offset + e.numel].reshape(len(weights), group.size, -1) ** 2).sum(2)
+        perms.append(np.argsort(-norm, axis=1))
+    return Permutation(spec, None)._axis_by_axis(weights, perms)
+
+
+def mixing(args: argparse.Namespace) -> None:
+    """Can coordinates of good models be recombined? Per-dimension KDE (B_KDE30) of the top-30 % training
+    states' weights, standardised per coordinate, in the stored and in a norm-sorted canonical form, and
+    the mean of those states; test accuracy of each."""
+    source = ZooSource(args.repo, args.config, parse_epochs(args.epochs_filter), args.weight_threshold)
+    meta = source.metadata("train")
+    rows = anchors(meta, 0.3)
+    weights = source.weights("train", rows).numpy()
+    info, data = source.info, load_image_data(source.info.zoo.data)
+
+    def accuracy(flat: np.ndarray) -> float:
+        row = {WEIGHTS: torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32)), "activation": "tanh",
+               "dropout": 0.0}
+        return evaluate_row(row, info, data=data)[1]
+
+    record: dict[str, Any] = {"zoo": args.config, "epochs": args.epochs_filter, "anchors": len(rows),
+                              "anchor_acc": [accuracy(w) for w in weights[: args.samples]]}
+    forms = {"stored": weights, "sorted": sorted_units(weights, PermutationSpec.of(source.layout, "cnn"))}
+    record["sorted_anchor_acc"] = [accuracy(w) for w in forms["sorted"][: args.samples]]
+    for name, form in forms.items():
+        mean, std = form.mean(0), form.std(0) + 1e-8
+        record[f"{name}_mean_model_acc"] = accuracy(mean)
+        for bandwidth in (0.002, 0.1):
+            draws = kde_sample((form - mean) / std, args.samples, bandwidth, bounds=None) * std + mean
+            record[f"{name}_kde_bw{bandwidth}_acc"] = [accuracy(w) for w in draws]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mixing.json").write_text(json.dumps(record, indent=1) + "\n")
+    print({k: (round(float(np.mean(v)), 3) if isinstance(v, list) else v) for k, v in record.items()})
+
+
+def bench(args: argparse.Namespace) -> None:
+    baselines = [b for b in args.baselines.split(",") if b]
+    results = run_bench(args.repo, args.config, baselines, args.out, device=args.device,
+                        epochs=parse_epochs(args.epochs_filter), weight_threshold=args.weight_threshold,
+                        progress=False, hyperrep=HYPERREP[args.hyperrep], sane=SANE[args.sane],
+                        sampling=SAMPLING[args.sampling])
+    print(markdown(results))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("bench", "ablation", "sampling", "mixing", "table"):
+        p = sub.add_parser(name)
+        if name == "ablation":
+            p.add_argument("kind", choices=("hyperrep", "sane"))
+        p.add_argument("--out", required=True)
+        if name == "table":
+            continue
+        p.add_argument("--repo", required=True)
+        p.add_argument("--config", required=True)
+        p.add_argument("--epochs-filter", default=None)
+        p.add_argument("--weight-threshold", default="5", type=parse_threshold)
+        p.add_argument("--device", default="cpu")
+        if name == "mixing":
+            p.add_argument("--samples", type=int, default=10)
+        elif name == "bench":
+            p.add_argument("--baselines", default="stats,weights,hyperrep,sane")
+            p.add_argument("--hyperrep", default="default", choices=sorted(HYPERREP))
+            p.add_argument("--sane", default="default", choices=sorted(SANE))
+            p.add_argument("--sampling", default="default", choices=sorted(SAMPLING))
+        elif name != "mixing":
+            p.add_argument("--variants", required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.command == "table":
+        print(ablation_table(Path(args.out)))
+    elif args.command == "ablation":
+        ablation(args.kind, args)
+    else:
+        {"bench": bench, "sampling": sampling, "mixing": mixing}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
