@@ -427,6 +427,3 @@ class LayerStats:
         if self.per_tensor:
             raise ValueError("tokens are standardised per layer: fit LayerStats with per_tensor=False")
         return (values - self.mean[layers][..., None]) / self.std[layers][..., None] * mask
-
-    def restore_tokens(self, values: torch.Tensor, layers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return (values * self.std[layers][..., None] + self.mean[layers][..., None]) * mask

@@ -1,6 +1,6 @@
 """Hand-made weight features: per-layer statistics s(W) and the raw weights W (protocol §11.2).
 
-``layer_statistics`` is Model Zoos' ``LayerQuintiles`` with ``use_bias=True`` (baselines.md §3.2, the MZD
+``layer_statistics`` is Model Zoos' ``LayerQuintiles`` with ``use_bias=True`` (docs/baselines.md: the MZD
 variant, *not* Unterthiner's min/max/std nor R21's kernel-only 35): for every parameter tensor in layout
 order (per layer its weight, then its bias) the mean, the variance (population, ddof 0), and the 1st, 25th,
 50th, 75th and 99th percentiles (numpy's linear interpolation) → 7 × 10 = **70 features** for the 5-layer

@@ -1,6 +1,6 @@
 """Hyper-representations (Schürholt et al. 2021; 2022): a transformer autoencoder over neuron tokens.
 
-Pipeline (baselines.md §4-5), scaled down so a 100-model digits zoo trains in minutes on 2 CPU cores:
+Pipeline (R21 and R22, docs/baselines.md), scaled down for CPUs:
 
 - tokens: one per output neuron / channel (``transforms.tokens_per_neuron``: incoming weights + bias,
   zero-padded; 48 tokens of length 201 for CNN-s), embedded by a separate linear map per layer;
@@ -19,37 +19,20 @@ Pipeline (baselines.md §4-5), scaled down so a 100-model digits zoo trains in m
   so most in-batch negatives of NT-Xent are other epochs of the same run; ``models_per_batch=0`` gives
   R21's shuffled rows (and streaming sources, which cannot group rows, always get them).
 
-The reconstruction target is the *permuted* view without erasing and noise (baselines.md §8.2: R21
-reconstructed the corrupted view itself). The probes see z of the un-augmented weights only.
+The reconstruction target is the *permuted* view without erasing and noise (R21 reconstructed the corrupted view
+itself, so its erasing was not denoising; docs/baselines.md). The probes see z of the un-augmented weights only.
 
-Measured on digits_cnn_seed (100 models × epochs 0-15, 70 / 15 / 15 models, 1 CPU thread; R² of test
-accuracy on the test models, ridge probe of protocol §11.3; BENCHMARKS.md): R21's recipe (compression
-token, per-layer statistics, erasing + noise 0.01, shuffled rows, γ 0.1, 40 epochs) reaches −0.03 (earlier
-10-epoch runs with γ ∈ {0, 1}, latent 256 or post-norm blocks: also ≈ 0). Diagnosis: 98.5 % of the weight
-variance lies between models (their kaiming inits), 1.5 % along training; an i.i.d. init cannot be
-compressed (the standardised reconstruction MSE stays ≈ 1.0, i.e. the decoder outputs the layer means), so
-z is shaped by NT-Xent alone, and with shuffled batches (almost every negative another model) and
-permutation views NT-Xent is solved by permutation-invariant fingerprints of the init: every test
-checkpoint's nearest latent is the same model at another epoch (100 %), and training progress has no common
-direction. Training state sits in the biases (0 at init, std 0.01 → 0.05 over 15 epochs) and the layer
-scales, which per-layer statistics bury under the weights' scale and erasing (up to a third of the vector
-set to 0) overwrites. Changes (20 training epochs unless stated; R² test_acc): per-tensor statistics, no
-erasing or noise, γ 0.1: 0.03; + batches of whole runs, γ 0.5: 0.27 (γ 0.9, 40 epochs: 0.22; + multiplicative
-noise 0.2: 0.17); mean pooling instead of the compression token, shuffled rows: 0.45; mean pooling + whole-run
-batches: 0.46 with per-layer, **0.61** with per-tensor statistics (the defaults; epoch 0.65, boosting on z
-0.73). s(W) + ridge on the same zoo: 0.85. On epochs 11-15 alone the defaults reach −0.14 (s(W): 0.28).
-Decoding stays useless on this zoo: the reconstruction explains ≈ 1 % of the standardised variance, so
-decoded models are near-constant layers at chance accuracy (``sampling``).
-
-Deviations from R21's configs: far smaller model (d_model 64, latent 32 vs 800 / 700), lr 1e-3 instead of
-1e-4 for a budget of minutes, constant learning rate; and the three changes above (mean pooling,
-per-tensor statistics, whole-run batches), plus no erasing, for the reasons measured above.
+Defaults (the seed-zoo measurements that chose them, and R21's recipe for comparison, are in BENCHMARKS.md,
+"Hyper-representation on the seed zoo"): mean pooling, per-tensor statistics, whole-run batches, no erasing.
+Deviations from R21's configs: a far smaller model (d_model 64, latent 32 vs 800 / 700), lr 1e-3 instead of
+1e-4, a constant learning rate, and those four defaults; ``pooling="token"``, ``normalisation="layer"``,
+``models_per_batch=0``, ``erase_p=0.5`` and ``gamma=0.1`` give R21's recipe back.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -265,9 +248,6 @@ class HyperRep:
         self.model.eval()
         tokens = self.model.decode(torch.as_tensor(z, dtype=torch.float32, device=self.device))
         return self.stats.restore(self.tokenizer.detokenize(tokens)).cpu()
-
-    def embed_batches(self, batches: Iterable[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([self.embed(b) for b in batches])
 
 
 def train_hyperrep(source: ZooSource, config: HyperRepConfig = HyperRepConfig(), *,

@@ -1,11 +1,13 @@
-"""Generative sampling from a hyper-representation (R22's S_KDE30, baselines.md §5.2-5.3).
+"""Generative sampling from a hyper-representation (R22's S_KDE30; docs/baselines.md).
 
 1. Anchors: the training rows in the top ``top`` fraction by test accuracy (≥ the 0.7 quantile for 30 %).
    On zoos that vary the activation, only anchors of the most frequent activation among them are kept:
    one sampled vector must fit one architecture.
 2. KDE: an independent 1-D Gaussian kernel density per latent dimension (scikit-learn ``KernelDensity``,
    bandwidth 0.002 as in R22) fitted on the anchors' latents; every dimension is sampled on its own,
-   then clipped to tanh's range [−1, 1].
+   then clipped to tanh's range [−1, 1]. Beside it (``METHODS``): the joint KDE of the latents (SANE's
+   sampling; with bandwidth 0.002 it draws close to single anchors) and R22's B_KDE30, the same
+   per-dimension KDE on the anchors' standardised weights, without a hyper-representation.
 3. Decode to flat weights, rebuild with ``loading.build_module`` and evaluate on the zoo's test images
    (``loading.evaluate_row``), then again after ``finetune_epochs`` epochs of the zoo's own training
    protocol (``training.train_reference`` resumed from the sampled weights, fresh optimizer).

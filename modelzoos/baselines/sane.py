@@ -1,6 +1,6 @@
 """SANE-style weight-space learning (Schürholt et al. 2024): fixed-size tokens, windows, per-token latents.
 
-Pipeline (baselines.md §6), scaled down for CPUs:
+Pipeline (SANE 2024; docs/baselines.md), scaled down for CPUs:
 
 - tokens: every output row of every weight (bias appended) chunked into tokens of ``token_size``,
   zero-padded and masked (``transforms.chunk_tokens``), with 3-part positions (global index n, layer l,
@@ -18,8 +18,8 @@ Pipeline (baselines.md §6), scaled down for CPUs:
   consecutive tokens at a time (bounded memory for long models).
 
 Deviations: no re-basin alignment to a reference model (permutation augmentation instead, which SANE's
-released configs effectively switch off, baselines.md §8.3); Adam at a constant lr instead of AdamW +
-OneCycle; far smaller model (d_model 64 vs 1024).
+released configs effectively switch off: both of their views are the aligned model); Adam at a constant
+lr instead of AdamW + OneCycle; far smaller model (d_model 64 vs 1024).
 """
 
 from __future__ import annotations
