@@ -4,7 +4,7 @@ Zoos (generated once, built into one repository folder; commands in BENCHMARKS.m
 
 - seed zoo: ``digits_cnn_seed``, 100 models × epochs 0–15 (as ``make demo``);
 - hyperparameter zoo: ``benchmarks/digits_cnn_hyp_lr10.toml`` (the Hyp-10-rand grid with learning rates
-  ×10), 512 models × epochs 0–30.
+  ×10), the first 256 models × epochs 0–30.
 
 Commands (every result lands in ``--out`` as JSON + markdown; rerunning a variant overwrites its file)::
 
