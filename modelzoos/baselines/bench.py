@@ -290,11 +290,11 @@ def markdown(results: dict[str, Any]) -> str:
              f"repo `{results['repo']}`; epochs used as samples: {_epochs_text(results['epochs'])}; {splits} "
              f"(after cleaning); device {results['device']}.", "",
              "Cleaning (per state, weights only, before any baseline):", "", filtering_table(results["filtering"]), "",
-             "Test split. Regression targets: R². ridge: the protocol's (§11.3: unstandardised, penalised intercept, "
+             "Test split. Regression targets: R². ridge: the protocol's (unstandardised, penalised intercept, "
              "λ on validation), the reference row; ridge_std: standardised features, unpenalised intercept, wider λ "
-             "grid; gbm: HistGradientBoosting early-stopped on validation. Categorical targets: accuracy of the linear "
-             "softmax probe (§11.4) on raw (ridge rows) or standardised (ridge_std rows) features. "
-             "† test R² below −1; ‡ λ at the edge of its grid.", ""]
+             "grid; gbm: HistGradientBoosting early-stopped on validation. Categorical targets: accuracy of the "
+             "protocol's linear softmax probe on raw (ridge rows) or standardised (ridge_std rows) features. "
+             "† test R² below −1; ‡ λ at the edge of its grid. What each probe means: docs/baselines.md.", ""]
     head = ["baseline", "probe", "dims", *regression, *(f"{c} (acc)" for c in classification), "time s", "peak MB"]
     rows = []
     for name, entry in results["baselines"].items():
