@@ -85,7 +85,7 @@ AUGMENTS = ("none", "crop_flip", "flip_rotate")
 PIXEL_SCALES = (1.0, 255.0)
 DIGITS_SPLIT = (1257, 270, 270)  # train / val / test of the 1,797 scikit-learn digits (70/15/15)
 CACHE_DIR = "modelzoos-cache"
-CACHE_FORMAT = "modelzoos.image-data/1"
+CACHE_FORMAT = "modelzoos.image-data/2"  # 2: Tiny-ImageNet labels in wnids.txt file order (1: sorted wnids)
 _SPLITS = ("train", "val", "test")
 _CHUNK = 4096  # images preprocessed at a time; only peak memory depends on it
 
@@ -108,7 +108,9 @@ class TinyImageNet(tvd.VisionDataset):
         download (bool): fetch and unpack the official zip if ``wnids.txt`` is missing.
 
     ``data`` is uint8 [N, 64, 64, 3] (the few grayscale JPEGs are converted to RGB by Pillow);
-    ``targets[i]`` is the index of the image's wnid in *sorted* ``wnids.txt``.
+    ``targets[i]`` is the index of the image's wnid in ``wnids.txt`` *as written* (``classes`` is that
+    file order): the original zoos' reader numbered the classes so, and the official file is not sorted.
+    Train images come in sorted path order, i.e. by wnid name, not by class index.
     """
 
     base_folder = "tiny-imagenet-200"
@@ -126,8 +128,10 @@ class TinyImageNet(tvd.VisionDataset):
             download_and_extract_archive(self.url, self.root, md5=self.md5)
         if not (folder / "wnids.txt").is_file() or not (folder / split).is_dir():
             raise RuntimeError("Dataset not found or corrupted. You can use download=True to download it")
-        self.classes = sorted((folder / "wnids.txt").read_text().split())
+        self.classes = (folder / "wnids.txt").read_text().split()
         label = {wnid: i for i, wnid in enumerate(self.classes)}
+        if len(label) != len(self.classes):
+            raise RuntimeError(f"{folder / 'wnids.txt'} lists a wnid twice; the file is corrupted, download it again")
         if split == "train":
             files = sorted(folder.glob("train/*/images/*.JPEG"))
             wnids = [f.parent.parent.name for f in files]

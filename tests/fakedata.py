@@ -110,12 +110,16 @@ def write_stl10(root: Path, n_train: int = 20, n_test: int = 10, seed: int = 0) 
 
 def write_tinyimagenet(root: Path, n_classes: int = 4, n_per_class: int = 3, n_val: int = 8,
                        seed: int = 0) -> tuple[int, int]:
-    """``tiny-imagenet-200/``: ``wnids.txt`` (unsorted), ``train/<wnid>/images/*.JPEG``, ``val/images/*.JPEG``
-    and ``val/val_annotations.txt``. One image per class is a grayscale JPEG, as in the real data.
+    """``tiny-imagenet-200/``: ``wnids.txt``, ``train/<wnid>/images/*.JPEG``, ``val/images/*.JPEG`` and
+    ``val/val_annotations.txt``. One image per class is a grayscale JPEG, as in the real data.
+
+    ``wnids.txt`` is unsorted like the real file: the odd-numbered wnids ``n00000001, n00000003, …`` first,
+    then the even ones (neither sorted nor reversed for 3 classes or more). Val image ``i`` belongs to the
+    wnid on line ``i % n_classes``.
     """
     rng = np.random.default_rng(seed)
     folder = root / "tiny-imagenet-200"
-    wnids = [f"n{9 - i:08d}" for i in range(n_classes)]  # written in reverse sorted order
+    wnids = [f"n{i:08d}" for i in (*range(1, n_classes, 2), *range(0, n_classes, 2))]
     (folder / "val" / "images").mkdir(parents=True, exist_ok=True)
     (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
     for wnid in wnids:

@@ -158,15 +158,28 @@ def test_grayscale_is_bit_exact_pillow():
 
 def test_tinyimagenet_folder_reader(tmp_path):
     fake(tmp_path, "tinyimagenet")
+    lines = (tmp_path / "tiny-imagenet-200/wnids.txt").read_text().split()
+    assert lines == ["n00000001", "n00000003", "n00000000", "n00000002"]  # unsorted, as the official file
     train, val = TinyImageNet(tmp_path, "train"), TinyImageNet(tmp_path, "val")
-    assert train.classes == sorted(train.classes) and len(train.classes) == 4
+    assert train.classes == lines  # class index = line of the wnid in the file as written, not sorted
     assert train.data.shape == (12, 64, 64, 3) and train.data.dtype == np.uint8  # grayscale JPEGs become RGB
-    # files in (wnid, name) order: the 3 images of the smallest wnid first, labelled 0
-    assert train.targets == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
-    # val_i belongs to wnids.txt line i % 4, and wnids.txt is written in reverse sorted order
-    assert val.targets == [3 - i % 4 for i in range(8)]
+    # files in sorted path order (by wnid name), each labelled with its wnid's line in wnids.txt
+    files = sorted((tmp_path / "tiny-imagenet-200/train").glob("*/images/*.JPEG"))
+    assert train.targets == [lines.index(f.parent.parent.name) for f in files] == [2, 2, 2, 0, 0, 0, 3, 3, 3, 1, 1, 1]
+    # val_i belongs to wnids.txt line i % 4
+    assert val.targets == [i % 4 for i in range(8)]
     expected = np.asarray(Image.open(tmp_path / "tiny-imagenet-200/val/images/val_5.JPEG").convert("RGB"))
     assert np.array_equal(val.data[5], expected)
+    d = load_image_data(CASES["tinyimagenet"], tmp_path, cache=False)  # the labels the zoos train on
+    assert d.train.labels.tolist() == train.targets and d.test.labels.tolist() == val.targets
+
+
+def test_tinyimagenet_duplicate_wnid_is_an_error(tmp_path):
+    fake(tmp_path, "tinyimagenet")
+    wnids = tmp_path / "tiny-imagenet-200/wnids.txt"
+    wnids.write_text(wnids.read_text() + "n00000001\n")
+    with pytest.raises(RuntimeError, match="lists a wnid twice"):
+        TinyImageNet(tmp_path, "train")
 
 
 # ---------------------------------------------------------------------------------------------------------
