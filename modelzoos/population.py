@@ -1,9 +1,10 @@
 """Population engine: train many CNNs of one zoo at once, batched along a model axis.
 
 One optimizer step updates every model of a group; each model keeps its own protocol: its own initial
-weights (built exactly like the reference engine), its own data order, dropout masks (``randomness``,
-keyed by its seed) and learning rate / weight decay / dropout probability. Models that differ in
-activation or optimizer type run as separate groups, one after another within each epoch.
+weights (built exactly like the reference engine), its own data order and dropout masks (``randomness``,
+keyed by ``randomness.model_key`` as in the reference engine) and its own learning rate / weight decay /
+dropout probability. Models that differ in activation or optimizer type run as separate groups, one after
+another within each epoch.
 
 Layout of activations: convolutions run as one grouped convolution over ``[B, M·C, H, W]`` (group m =
 model m), linear layers as one batched matmul over ``[M, B, F]``. The whole split lives on the device;
@@ -103,7 +104,8 @@ class PopulationCNN:
                 shared_input: bool = False) -> torch.Tensor:
         """Logits [M, B, classes] for inputs [M, B, C, H, W] (or [B, C, H, W] with ``shared_input``).
 
-        ``seeds`` and ``p`` given: training forward with each model's dropout masks for global ``step``.
+        ``seeds`` and ``p`` given: training forward with each model's dropout masks for global ``step``
+        (``seeds``: the models' keys, e.g. ``randomness.model_key``).
         """
         m = params[f"{self.specs[0].name}.weight"].shape[0]
         if shared_input:
@@ -250,19 +252,29 @@ def unpack_groups(state: dict[str, torch.Tensor], groups: list[Group]) -> int:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def model_keys(g: Group) -> Callable[[int], torch.Tensor]:
+    """The keys of a group's random draws: epoch → int64 [M] on the group's device, each model's
+    ``randomness.model_key`` (its seed and RNG-consumption class; the reference engine's keys too)."""
+    return lambda epoch: torch.tensor([randomness.model_key(c.seed, c.init, c.dropout, epoch) for c in g.configs],
+                                      dtype=torch.int64, device=g.seeds.device)
+
+
 def data_order(g: Group, n: int) -> Callable[[int], torch.Tensor]:
     """The engine's data order of a group over ``n`` training images: epoch → int64 [M, n] on the group's
-    device, each model's own permutation (``randomness``, keyed by its seed; the reference engine's too)."""
-    return lambda epoch: randomness.permutation(g.seeds.view(-1, 1), randomness.DATA_ORDER, epoch, n, g.seeds.device)
+    device, each model's own permutation keyed by its ``model_keys`` (the reference engine's order too)."""
+    keys = model_keys(g)
+    return lambda epoch: randomness.permutation(keys(epoch).view(-1, 1), randomness.DATA_ORDER, epoch, n,
+                                                g.seeds.device)
 
 
 class GroupSteps:
     """One group's training steps as a fixed sequence of device operations.
 
-    A step: ``forward(params, x, seeds, p, step)`` on the batch (``p`` None: no dropout), mean cross-entropy
+    A step: ``forward(params, x, keys, p, step)`` on the batch (``p`` None: no dropout), mean cross-entropy
     per model (plus ``penalty(params)`` [M] times the epoch's penalty weight), backward, the group's
     optimizer update (``optimizers.OPTIMIZERS``), then ``after_update()`` (e.g. re-applying pruning masks).
-    ``order(epoch)`` gives the epoch's data order, int64 [M, n]. The batch position and the optimizer step
+    ``order(epoch)`` gives the epoch's data order, int64 [M, n]; ``keys(epoch)`` the keys of its random draws,
+    int64 [M] (``model_keys``; default: the group's seeds throughout). The batch position and the optimizer step
     count are device tensors that each step advances itself, so on CUDA a full-batch step is captured once
     into a CUDA graph (after ``WARMUP`` eager steps) and replayed: the same kernels on the same buffers
     without Python or launch overhead per step. The partial last batch of an epoch, if any, runs eagerly.
@@ -273,6 +285,7 @@ class GroupSteps:
 
     def __init__(self, g: Group, forward: Callable[..., torch.Tensor], images: torch.Tensor, labels: torch.Tensor,
                  batch_size: int, cuda_graphs: bool, order: Callable[[int], torch.Tensor], *,
+                 keys: Callable[[int], torch.Tensor] | None = None,
                  penalty: Callable[[Params], torch.Tensor] | None = None,
                  after_update: Callable[[], None] | None = None) -> None:
         dev = labels.device
@@ -287,12 +300,16 @@ class GroupSteps:
         self.penalty_weight = torch.zeros((), dtype=torch.float32, device=dev)
         self.update = OPTIMIZERS[g.optimizer].step
         self.p = g.dropout
+        self.keys_of = keys
+        self.keys = g.seeds.clone()  # the epoch's keys of the masks, updated in place: a captured graph reads it
         self.capture = cuda_graphs and dev.type == "cuda"
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def epoch(self, epoch: int, penalty_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Train one epoch; per-model (mean train loss, train accuracy) of the train-mode forwards (the
         cross-entropy, without the penalty)."""
+        if self.keys_of is not None:
+            self.keys.copy_(self.keys_of(epoch))
         self.order.copy_(self.order_of(epoch))
         self.penalty_weight.fill_(penalty_weight)
         for t in (self.batch, self.loss_sum, self.correct):
@@ -325,7 +342,7 @@ class GroupSteps:
         cols = self.batch * self.bs + torch.arange(b, device=self.batch.device)
         idx = self.order.index_select(1, cols)  # [M, b]
         x, y = self.images[idx], self.labels[idx]  # [M, b, C, H, W], [M, b]
-        logits = self.forward(g.params, x, g.seeds, self.p, self.step)
+        logits = self.forward(g.params, x, self.keys, self.p, self.step)
         losses = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)  # [M]
         total = losses if self.penalty is None else losses + self.penalty_weight * self.penalty(g.params)
         total.sum().backward()
@@ -360,7 +377,8 @@ def train_population(zoo: Zoo, configs: list[ModelConfig], data: ImageData, devi
     nets = [PopulationCNN(layers, g.activation, channels_last) for g in groups]
     images, labels = data.train.images.to(device), data.train.labels.to(device)
     n = labels.numel()
-    steppers = [GroupSteps(g, net.forward, images, labels, configs[0].batch_size, cuda_graphs, data_order(g, n))
+    steppers = [GroupSteps(g, net.forward, images, labels, configs[0].batch_size, cuda_graphs, data_order(g, n),
+                          keys=model_keys(g))
                 for g, net in zip(groups, nets, strict=True)]
 
     def record(epoch: int, train_metrics: list[tuple[torch.Tensor, torch.Tensor]] | None) -> EpochResult:

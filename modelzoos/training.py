@@ -3,12 +3,14 @@
 Training is a generator of ``EpochResult`` (epoch 0 = the untrained model, then one per epoch); it
 knows nothing about files. ``export.generate`` writes each result and the resumable ``state``.
 
-Per model: the seed fixes the initial weights (``build_model``), and through ``randomness`` the data
-order of every epoch, the dropout masks and the augmentations. Batch size as in the spec, last partial
-batch kept. Adam uses coupled L2 (``weight_decay``), SGD momentum 0.9; OneCycle is stepped after every
-batch. Train metrics are the sample-weighted running average of the train-mode forward passes of the
-epoch (before each update); val/test metrics are clean eval-mode passes after the epoch. At epoch 0 all
-three splits are evaluated in eval mode (the original CNN trainable wrote −999 placeholders instead).
+Per model: the seed fixes the initial weights (``build_model``), and through ``randomness.model_key``
+(the seed and the original's RNG-consumption class of the init scheme and dropout) the data order of every
+epoch, the dropout masks and the augmentations. Batch size as in the spec, last partial batch kept. Adam
+uses coupled L2 (``weight_decay``), SGD momentum 0.9; OneCycle is stepped after every batch. Train metrics
+are the sample-weighted running average of the train-mode forward passes of the epoch (before each
+update); val/test metrics are clean eval-mode passes after the epoch. At epoch 0 all three splits are
+evaluated in eval mode, the train split with the train augmentation, as the original ResNet trainable
+evaluated its augmented train loader (the original CNN trainable wrote −999 placeholders instead).
 """
 
 from __future__ import annotations
@@ -91,10 +93,13 @@ def numerics(device: str | torch.device = "cpu") -> dict[str, bool]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def augment(images: torch.Tensor, kind: str, pad_value: torch.Tensor, seed: int, epoch: int,
-            sample_ids: torch.Tensor, streams: tuple[int, int, int] = (randomness.CROP_X, randomness.CROP_Y,
-                                                                        randomness.FLIP)) -> torch.Tensor:
-    """Random augmentation of a batch [B, C, H, W] of normalised images, keyed by (seed, epoch, sample id).
+TRAIN_STREAMS = (randomness.CROP_X, randomness.CROP_Y, randomness.FLIP)
+VAL_STREAMS = (randomness.VAL_CROP_X, randomness.VAL_CROP_Y, randomness.VAL_FLIP)
+
+
+def augment(images: torch.Tensor, kind: str, pad_value: torch.Tensor, key: int, epoch: int,
+            sample_ids: torch.Tensor, streams: tuple[int, int, int] = TRAIN_STREAMS) -> torch.Tensor:
+    """Random augmentation of a batch [B, C, H, W] of normalised images, keyed by (model key, epoch, sample id).
 
     ``crop_flip``: RandomCrop(H, padding 4) filled with black, then horizontal flip with p = 0.5 (CIFAR).
     ``flip_rotate``: horizontal flip with p = 0.5, then RandomRotation(±20°), nearest, black fill
@@ -105,12 +110,12 @@ def augment(images: torch.Tensor, kind: str, pad_value: torch.Tensor, seed: int,
     b, c, h, w = images.shape
     sx, sy, sf = streams
     fill = pad_value.to(images.device, images.dtype).view(1, c, 1, 1)
-    flip = randomness.uniform(seed, sf, epoch, sample_ids) < 0.5
+    flip = randomness.uniform(key, sf, epoch, sample_ids) < 0.5
     if kind == "crop_flip":
         padded = fill.expand(b, c, h + 8, w + 8).clone()
         padded[:, :, 4:-4, 4:-4] = images
-        ox = (randomness.uniform(seed, sx, epoch, sample_ids) * 9).long()
-        oy = (randomness.uniform(seed, sy, epoch, sample_ids) * 9).long()
+        ox = (randomness.uniform(key, sx, epoch, sample_ids) * 9).long()
+        oy = (randomness.uniform(key, sy, epoch, sample_ids) * 9).long()
         rows = (oy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
         cols = (ox[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
         out = padded[torch.arange(b, device=images.device)[:, None, None, None],
@@ -118,7 +123,7 @@ def augment(images: torch.Tensor, kind: str, pad_value: torch.Tensor, seed: int,
         return torch.where(flip.view(b, 1, 1, 1), out.flip(-1), out)
     if kind == "flip_rotate":
         x = torch.where(flip.view(b, 1, 1, 1), images.flip(-1), images)
-        angle = (randomness.uniform(seed, randomness.ROTATE, epoch, sample_ids) * 40 - 20) * math.pi / 180
+        angle = (randomness.uniform(key, randomness.ROTATE, epoch, sample_ids) * 40 - 20) * math.pi / 180
         cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
         theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
         grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
@@ -127,12 +132,13 @@ def augment(images: torch.Tensor, kind: str, pad_value: torch.Tensor, seed: int,
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, device: torch.device, aug: tuple | None = None,
+def evaluate(model: nn.Module, split: Split, device: torch.device,
+             aug: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
              fmt: torch.memory_format = torch.contiguous_format) -> tuple[float, float]:
     """(mean cross-entropy, accuracy in [0, 1]) of ``model`` in eval mode over a whole split.
 
-    ``aug`` = (kind, pad_value, seed, epoch) applies the val augmentation quirk of the ResNet CIFAR zoos;
-    ``fmt`` is the memory format of the model's inputs.
+    ``aug(images, sample_ids)`` augments each batch first (sample id = position in the split); ``fmt`` is
+    the memory format of the model's inputs.
     """
     model.eval()
     loss_sum, correct, n = 0.0, 0, split.labels.numel()
@@ -140,10 +146,7 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, aug: tuple | 
         x = split.images[start : start + EVAL_BATCH].to(device)
         y = split.labels[start : start + EVAL_BATCH].to(device)
         if aug is not None:
-            kind, pad, seed, epoch = aug
-            ids = torch.arange(start, start + len(y), device=device)
-            x = augment(x, kind, pad, seed, epoch, ids,
-                        (randomness.VAL_CROP_X, randomness.VAL_CROP_Y, randomness.VAL_FLIP))
+            x = aug(x, torch.arange(start, start + len(y), device=device))
         logits = model(x.contiguous(memory_format=fmt))
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
@@ -266,9 +269,16 @@ def train_reference(zoo: Zoo, config: ModelConfig, data: ImageData, device: str 
     images, labels = train.images.to(device), train.labels.to(device)
     step = 0
 
+    def key(epoch: int) -> int:
+        return randomness.model_key(config.seed, config.init, config.dropout, epoch)
+
+    def augmenter(epoch: int, streams: tuple[int, int, int]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        return lambda x, ids: augment(x, recipe.augment, pad, key(epoch), epoch, ids, streams)
+
     def record(epoch: int, train_metrics: tuple[float, float] | None) -> EpochResult:
-        val_aug = (recipe.augment, pad, config.seed, epoch) if recipe.augment_val else None
-        tl, ta = train_metrics if train_metrics is not None else evaluate(net, train, device, fmt=fmt)
+        val_aug = augmenter(epoch, VAL_STREAMS) if recipe.augment_val else None
+        tl, ta = train_metrics if train_metrics is not None else evaluate(net, train, device,
+                                                                          augmenter(epoch, TRAIN_STREAMS), fmt)
         vl, va = evaluate(net, data.val, device, val_aug, fmt) if data.val is not None else (math.nan, math.nan)
         sl, sa = evaluate(net, data.test, device, fmt=fmt)
         values = dict(zip(METRICS, (tl, ta, vl, va, sl, sa), strict=True))
@@ -283,14 +293,15 @@ def train_reference(zoo: Zoo, config: ModelConfig, data: ImageData, device: str 
     def train_epoch(epoch: int) -> tuple[float, float]:
         nonlocal step
         net.train()
-        order = randomness.permutation(config.seed, randomness.DATA_ORDER, epoch, n, device)
+        k = key(epoch)
+        order = randomness.permutation(k, randomness.DATA_ORDER, epoch, n, device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         for start in range(0, n, config.batch_size):
             idx = order[start : start + config.batch_size]
-            x = augment(images[idx], recipe.augment, pad, config.seed, epoch, idx).contiguous(memory_format=fmt)
+            x = augment(images[idx], recipe.augment, pad, k, epoch, idx).contiguous(memory_format=fmt)
             y = labels[idx]
-            set_dropout_key(model, config.seed, step)
+            set_dropout_key(model, k, step)
             logits = net(x)
             loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
