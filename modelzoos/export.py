@@ -48,7 +48,7 @@ from modelzoos.architectures import Layout
 from modelzoos.catalogue import ModelConfig, Zoo
 from modelzoos.data import ImageData
 from modelzoos.files import atomic_write, sweep_temporaries, write_json
-from modelzoos.training import LEGACY_NUMERICS, METRICS, NUMERICS_ENV, EpochResult, Resume, numerics
+from modelzoos.training import LEGACY_NUMERICS, METRICS, NUMERICS_ENV, EpochResult, Resume, numerics, numerics_setting
 
 FORMAT_VERSION = 1
 HYPERPARAMETERS = ("seed", "init", "activation", "optimizer", "lr", "weight_decay", "dropout", "batch_size",
@@ -207,8 +207,8 @@ def claim(root: Path, info: dict) -> bool:
     old_numerics = LEGACY_NUMERICS | old.get("numerics", {})  # switches added later were off before
     differ = differences(identity(old), identity(info))
     if not finished:  # a switch that differs, with the environment variable that sets it and both values
-        differ += [f"numerics.{k} (the run has {NUMERICS_ENV[k]}={int(old_numerics[k])}, this process "
-                   f"{int(info['numerics'][k])}: set it to resume)"
+        differ += [f"numerics.{k} (the run has {NUMERICS_ENV[k]}={numerics_setting(k, old_numerics[k])}, this "
+                   f"process {numerics_setting(k, info['numerics'][k])}: set it to resume)"
                    for k in differences(old_numerics, info["numerics"])]
     if differ:
         raise ZooFileError(

@@ -28,19 +28,24 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
+def adam_corrections(step: int | torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adam's bias corrections (1 − β₁ᵗ, √(1 − β₂ᵗ)) for ``t = step``: computed in float64 on the device (a device
+    ``step`` keeps them graph-capturable), returned as float32 scalars."""
+    b1, b2 = BETAS
+    t = torch.as_tensor(step, dtype=torch.float64, device=device)
+    return (1 - torch.pow(b1, t)).float(), torch.sqrt(1 - torch.pow(b2, t)).float()
+
+
 @torch.no_grad()
 def adam_step(params: Params, state: Params, lr: torch.Tensor, weight_decay: torch.Tensor,
               step: int | torch.Tensor) -> None:
     """One Adam step (coupled L2) for every model; ``step`` counts from 1, as torch's state["step"].
 
-    The bias corrections are computed on the device in float64 (a device ``step`` keeps the update
-    graph-capturable), then used in float32 as torch's Adam uses its Python-float corrections.
+    The bias corrections (``adam_corrections``) are used in float32 as torch's Adam uses its Python-float ones.
     """
     b1, b2 = BETAS
-    t = torch.as_tensor(step, dtype=torch.float64, device=lr.device)
-    bc1 = 1 - torch.pow(b1, t)
-    bc2_sqrt = torch.sqrt(1 - torch.pow(b2, t)).float()
-    lr = lr / bc1.float()
+    bc1, bc2_sqrt = adam_corrections(step, lr.device)
+    lr = lr / bc1
     for name, p in params.items():
         grad = p.grad + _bcast(weight_decay, p) * p
         m_, v_ = state[f"{name}.exp_avg"], state[f"{name}.exp_avg_sq"]

@@ -12,7 +12,9 @@ val/test evaluation is batched over models with the first layer shared (one ungr
 
 ``GroupSteps`` runs a group's training steps as a fixed sequence of device operations, captured once as a
 CUDA graph and replayed on CUDA; the sparsified twins (``modelzoos.twins``) train through it too, with their
-own forward, penalty and post-update masks.
+own forward, penalty and post-update masks. The zoo engine's step comes from ``KERNEL_STEPS`` by the
+``MODELZOOS_KERNELS`` switch: PyTorch operations (``torch``, the default) or one fused Triton kernel for all
+models of a group (``fused``, ``modelzoos.kernels``).
 
 Numerics: float32 throughout, the optimizers' math of ``modelzoos.optimizers`` (torch's formulas, coupled
 L2), so results agree with the reference engine to float rounding (tests: ≤ 1e-4 after one epoch).
@@ -23,6 +25,7 @@ the faster layout measured on each, BENCHMARKS.md), switchable with ``MODELZOOS_
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -267,12 +270,26 @@ def data_order(g: Group, n: int) -> Callable[[int], torch.Tensor]:
                                                 g.seeds.device)
 
 
+# A fused training step (``KERNEL_STEPS``): (batch index [M, b] into the train split, the epoch's keys int64 [M],
+# optimizer steps done so far as a device scalar) → per-model (mean loss float32 [M], correct predictions int64
+# [M]), with every model's parameters and optimizer state updated in place
+KernelStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+# MODELZOOS_KERNELS (training.numerics) → the factory of a group's KernelStep, (group, net, train images, labels,
+# batch size) → KernelStep, imported when chosen (the fused kernels need Triton); None: GroupSteps' PyTorch step
+KERNEL_STEPS: dict[str, Callable[[], Callable[..., KernelStep]] | None] = {
+    "torch": None,
+    "fused": lambda: importlib.import_module("modelzoos.kernels").fused_step,
+}
+
+
 class GroupSteps:
     """One group's training steps as a fixed sequence of device operations.
 
     A step: ``forward(params, x, keys, p, step)`` on the batch (``p`` None: no dropout), mean cross-entropy
     per model (plus ``penalty(params)`` [M] times the epoch's penalty weight), backward, the group's
-    optimizer update (``optimizers.OPTIMIZERS``), then ``after_update()`` (e.g. re-applying pruning masks).
+    optimizer update (``optimizers.OPTIMIZERS``), then ``after_update()`` (e.g. re-applying pruning masks);
+    or, with ``kernel``, all of it in one ``KernelStep`` (no penalty, no ``after_update``).
     ``order(epoch)`` gives the epoch's data order, int64 [M, n]; ``keys(epoch)`` the keys of its random draws,
     int64 [M] (``model_keys``; default: the group's seeds throughout). The batch position and the optimizer step
     count are device tensors that each step advances itself, so on CUDA a full-batch step is captured once
@@ -287,10 +304,12 @@ class GroupSteps:
                  batch_size: int, cuda_graphs: bool, order: Callable[[int], torch.Tensor], *,
                  keys: Callable[[int], torch.Tensor] | None = None,
                  penalty: Callable[[Params], torch.Tensor] | None = None,
-                 after_update: Callable[[], None] | None = None) -> None:
+                 after_update: Callable[[], None] | None = None, kernel: KernelStep | None = None) -> None:
+        if kernel is not None and (penalty is not None or after_update is not None):
+            raise ValueError("a fused kernel step computes the plain cross-entropy step: no penalty, no after_update")
         dev = labels.device
         self.g, self.forward, self.images, self.labels, self.bs = g, forward, images, labels, batch_size
-        self.order_of, self.penalty, self.after_update = order, penalty, after_update
+        self.order_of, self.penalty, self.after_update, self.kernel = order, penalty, after_update, kernel
         self.n = labels.numel()
         self.step = torch.zeros((), dtype=torch.int64, device=dev)  # optimizer steps done so far
         self.batch = torch.zeros((), dtype=torch.int64, device=dev)  # batch index within the epoch
@@ -338,22 +357,28 @@ class GroupSteps:
 
     def _step(self, b: int) -> None:
         """Batch number ``self.batch`` of size ``b``: forward, backward, update, running train metrics."""
-        g = self.g
         cols = self.batch * self.bs + torch.arange(b, device=self.batch.device)
         idx = self.order.index_select(1, cols)  # [M, b]
+        losses, correct = self._torch_step(idx) if self.kernel is None else self.kernel(idx, self.keys, self.step)
+        with torch.no_grad():
+            self.step.add_(1)
+            self.batch.add_(1)
+            self.loss_sum.add_(losses.double() * b)
+            self.correct.add_(correct)
+
+    def _torch_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step in PyTorch operations for batch ``idx`` [M, b]: per-model (cross-entropy, correct predictions)."""
+        g = self.g
         x, y = self.images[idx], self.labels[idx]  # [M, b, C, H, W], [M, b]
         logits = self.forward(g.params, x, self.keys, self.p, self.step)
         losses = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)  # [M]
         total = losses if self.penalty is None else losses + self.penalty_weight * self.penalty(g.params)
         total.sum().backward()
         with torch.no_grad():
-            self.step.add_(1)
-            self.batch.add_(1)
-            self.update(g.params, g.opt_state, g.lr, g.wd, self.step)
+            self.update(g.params, g.opt_state, g.lr, g.wd, self.step + 1)
             if self.after_update is not None:
                 self.after_update()
-            self.loss_sum.add_(losses.double() * b)
-            self.correct.add_((logits.argmax(2) == y).sum(1))
+            return losses.detach(), (logits.argmax(2) == y).sum(1)
 
 
 def train_population(zoo: Zoo, configs: list[ModelConfig], data: ImageData, device: str | torch.device = "cpu",
@@ -373,12 +398,13 @@ def train_population(zoo: Zoo, configs: list[ModelConfig], data: ImageData, devi
     device = torch.device(device)
     layout = zoo.layout
     groups = initial_groups(zoo, configs, device)
-    channels_last = numerics(device)["channels_last"]
-    nets = [PopulationCNN(layers, g.activation, channels_last) for g in groups]
+    flags = numerics(device)
+    nets = [PopulationCNN(layers, g.activation, flags["channels_last"]) for g in groups]
     images, labels = data.train.images.to(device), data.train.labels.to(device)
-    n = labels.numel()
-    steppers = [GroupSteps(g, net.forward, images, labels, configs[0].batch_size, cuda_graphs, data_order(g, n),
-                          keys=model_keys(g))
+    n, bs = labels.numel(), configs[0].batch_size
+    fused = KERNEL_STEPS[flags["kernels"]]
+    steppers = [GroupSteps(g, net.forward, images, labels, bs, cuda_graphs, data_order(g, n), keys=model_keys(g),
+                           kernel=None if fused is None else fused()(g, net, images, labels, bs))
                 for g, net in zip(groups, nets, strict=True)]
 
     def record(epoch: int, train_metrics: list[tuple[torch.Tensor, torch.Tensor]] | None) -> EpochResult:

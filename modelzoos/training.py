@@ -33,14 +33,22 @@ from modelzoos.optimizers import OPTIMIZERS
 
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 EVAL_BATCH = 1000  # images per eval forward; only memory depends on it
-# numeric switches (docs/protocol.md, "Numerics"): name → environment variable ("0"/"1")
-NUMERICS_ENV = {"tf32": "MODELZOOS_TF32", "channels_last": "MODELZOOS_CHANNELS_LAST", "compile": "MODELZOOS_COMPILE"}
+# numeric switches (docs/protocol.md, "Numerics"): name → environment variable
+NUMERICS_ENV = {"tf32": "MODELZOOS_TF32", "channels_last": "MODELZOOS_CHANNELS_LAST", "compile": "MODELZOOS_COMPILE",
+                "kernels": "MODELZOOS_KERNELS"}
+# the values each variable accepts → the switch's value
+_FLAG = {"0": False, "1": True}
+NUMERICS_VALUES: dict[str, dict[str, bool | str]] = {
+    "tf32": _FLAG, "channels_last": _FLAG, "compile": _FLAG,
+    "kernels": {"torch": "torch", "fused": "fused"},  # the population engine's training step (modelzoos.kernels)
+}
 # defaults by device type: the faster layout of each, measured (BENCHMARKS.md: channels-last is faster on our
-# CPU, slower for grouped convolutions on an H100 and no faster for ResNet-18 there)
-NUMERICS_DEFAULTS = {"cpu": {"tf32": False, "channels_last": True, "compile": False},
-                     "cuda": {"tf32": False, "channels_last": False, "compile": False}}
+# CPU, slower for grouped convolutions on an H100 and no faster for ResNet-18 there); the fused kernels are not
+# measured on a GPU yet
+NUMERICS_DEFAULTS = {"cpu": {"tf32": False, "channels_last": True, "compile": False, "kernels": "torch"},
+                     "cuda": {"tf32": False, "channels_last": False, "compile": False, "kernels": "torch"}}
 # zoo.json files written before a switch was recorded ran with these values
-LEGACY_NUMERICS = {"tf32": False, "channels_last": False, "compile": False}
+LEGACY_NUMERICS = {"tf32": False, "channels_last": False, "compile": False, "kernels": "torch"}
 
 
 @dataclass
@@ -60,32 +68,39 @@ class EpochResult:
         return {"weights": self.weights}
 
 
-def numerics(device: str | torch.device = "cpu") -> dict[str, bool]:
+def numerics(device: str | torch.device = "cpu") -> dict[str, bool | str]:
     """The numeric switches for training on ``device`` (docs/protocol.md, "Numerics"): ``NUMERICS_ENV``
-    variables where set, else ``NUMERICS_DEFAULTS`` of the device type.
+    variables where set (to one of ``NUMERICS_VALUES``), else ``NUMERICS_DEFAULTS`` of the device type.
 
     ``tf32`` (default off) sets torch's TF32 switches, also for cuDNN convolutions, whose torch default is
     on. ``channels_last`` (default on CPU, off on CUDA) is the activation layout of the population engine
     and of the architectures whose default engine is this reference engine (ResNet-18: ``fast_path``).
-    ``compile`` (default off) runs those through ``torch.compile`` (fused kernels: another rounding). On
-    CUDA, cuDNN also times its algorithms per shape (``cudnn.benchmark``: faster grouped convolutions,
-    BENCHMARKS.md; GPU runs are not bitwise reproducible anyway). zoo.json records the flags and a run does
-    not resume under other ones.
+    ``compile`` (default off) runs those through ``torch.compile`` (fused kernels: another rounding).
+    ``kernels`` (default ``torch``) picks the population engine's training step: PyTorch operations, or
+    ``fused`` Triton kernels (``modelzoos.kernels``). On CUDA, cuDNN also times its algorithms per shape
+    (``cudnn.benchmark``: faster grouped convolutions, BENCHMARKS.md; GPU runs are not bitwise reproducible
+    anyway). zoo.json records the switches and a run does not resume under other ones.
     """
     kind = torch.device(device).type
     flags = {}
     for name, var in NUMERICS_ENV.items():
-        value = os.environ.get(var)
+        value, accepted = os.environ.get(var), NUMERICS_VALUES[name]
         if value is None:
             flags[name] = NUMERICS_DEFAULTS.get(kind, NUMERICS_DEFAULTS["cpu"])[name]
-        elif value in ("0", "1"):
-            flags[name] = value == "1"
+        elif value in accepted:
+            flags[name] = accepted[value]
         else:
-            raise ValueError(f"environment variable {var}={value!r}: use 0 or 1 (docs/protocol.md, Numerics)")
+            raise ValueError(f"environment variable {var}={value!r}: use {' or '.join(accepted)} "
+                             "(docs/protocol.md, Numerics)")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = flags["tf32"]
     if kind == "cuda":
         torch.backends.cudnn.benchmark = True
     return flags
+
+
+def numerics_setting(name: str, value: bool | str) -> str:
+    """The setting of switch ``name``'s environment variable (``NUMERICS_ENV``) that gives it ``value``."""
+    return next(setting for setting, v in NUMERICS_VALUES[name].items() if v == value)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -150,7 +150,8 @@ def test_a_directory_of_another_run_is_refused(reference_zoo):
 
 
 def test_numerics_are_recorded_and_a_run_resumes_only_under_the_same(reference_zoo, monkeypatch, tmp_path):
-    assert reference_zoo.info["numerics"] == {"tf32": False, "channels_last": True, "compile": False}
+    assert reference_zoo.info["numerics"] == {"tf32": False, "channels_last": True, "compile": False,
+                                            "kernels": "torch"}
     monkeypatch.setenv("MODELZOOS_CHANNELS_LAST", "0")
     unfinished = tmp_path / "unfinished"
     shutil.copytree(reference_zoo.path, unfinished)
