@@ -31,6 +31,9 @@ OPTIMIZER_DROPOUT = [("adam", False), ("sgd", True), ("adam", True), ("sgd", Fal
 CASES = [(arch, act, *OPTIMIZER_DROPOUT[(i + j) % 4])
          for j, arch in enumerate(ARCHITECTURES) for i, act in enumerate(ACTIVATIONS)]
 REL = 1e-5  # float32 rounding of sums of 10²–10³ terms, relative to the tensor's largest element
+# larger tiles than the GPU default (32 rows, K 16) for fewer interpreted loop trips; still several row tiles
+# and reduction chunks per stage. The generate test below runs the default.
+TILES = {"block_rows": 64, "block_k": 32}
 DATA_SEED = 3  # its smallest pooling gap (below) is 3.2e-5, 300× the rounding differences
 
 
@@ -102,7 +105,7 @@ def test_fused_step_equals_the_torch_step(interpreter, one_thread, pooling_gap, 
     gen = torch.Generator().manual_seed(DATA_SEED)
     images, labels = torch.randn(12, channels, size, size, generator=gen), torch.randint(0, 10, (12,), generator=gen)
     step = torch_step(g, net, images, labels, 3, dropout)
-    fused = FusedStep(fused_g, net, images, labels, 3, dropout, store_grads=True)
+    fused = FusedStep(fused_g, net, images, labels, 3, dropout, store_grads=True, **TILES)
     update = adam_step if optimizer == "adam" else sgd_step
     for done, b in ((4, 3), (5, 2)):  # a full batch, then a partial one; Adam state zero, then not
         copy_state(fused_g, g)
@@ -150,14 +153,15 @@ def test_the_switch_takes_named_values(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_mnist(tmp_path_factory):
-    """A 2-model MNIST-shaped zoo (one with dropout 0.5) on 10 fake train images: one step per epoch."""
+    """A 2-model MNIST-shaped zoo (one with dropout 0.5) on 4 fake train images: one step of 4 per epoch."""
     root = tmp_path_factory.mktemp("mnist")
     write_mnist(root / "data", n_train=30, n_test=12)
     (root / "tiny.toml").write_text(textwrap.dedent("""
         extends = "mnist_cnn_seed"
         name = "tiny_mnist"
+        batch_size = 4
         [data]
-        train_size = 10
+        train_size = 4
         [grid]
         init = ["kaiming_uniform"]
         dropout = [0.0, 0.5]

@@ -183,7 +183,7 @@ def _conv_forward(src_ptr, idx_ptr, w_ptr, b_ptr, pre_ptr, out_ptr, arg_ptr, key
         for off in tl.static_range(S * S):
             origin = base + (py * S + off // 2) * H + px * S + off % 2
             acc = tl.full([BR, OCP], 0.0, tl.float32)
-            for k0 in tl.static_range(0, KK, BK):
+            for k0 in range(0, KK, BK):
                 k = k0 + tl.arange(0, BK)
                 km = k < KK
                 col = (k // (KS * KS)) * (H * H) + ((k // KS) % KS) * H + k % KS
@@ -227,7 +227,7 @@ def _conv_input_grad(g_ptr, arg_ptr, w_ptr, below_ptr, key, p, B,
         iy = (r // H) % H
         ix = r % H
         acc = tl.full([BR, CINP], 0.0, tl.float32)
-        for k0 in tl.static_range(0, KT, BKT):
+        for k0 in range(0, KT, BKT):
             k = k0 + tl.arange(0, BKT)
             km = k < KT
             o = k // (KS * KS)
@@ -273,7 +273,7 @@ def _conv_weight_grad(src_ptr, idx_ptr, g_ptr, arg_ptr, w_ptr, b_ptr, gw_ptr, gb
         gi = (r // (HP * HP))[:, None] * (OC * HP * HP) + oc[None, :] * (HP * HP) + (r % (HP * HP))[:, None]
         gb += tl.load(g_ptr + gi, mask=rm[:, None] & ocm[None, :], other=0.0)
     _update(b_ptr, gb_ptr, s1b, s2b, oc, ocm, _sum(gb, 0), lr, wd, bc2, OPT, STORE_GRADS)
-    for k0 in tl.static_range(0, KK, BK):
+    for k0 in range(0, KK, BK):
         k = k0 + tl.arange(0, BK)
         km = k < KK
         col = (k // (KS * KS)) * (H * H) + ((k // KS) % KS) * H + k % KS
@@ -308,26 +308,26 @@ def _conv_weight_grad(src_ptr, idx_ptr, g_ptr, arg_ptr, w_ptr, b_ptr, gw_ptr, gb
 def _linear_stage(x_ptr, below_ptr, idx_ptr, labels_ptr, w4, b4, gw4, gb4, s1w4, s1b4, s2w4, s2b4,
                   w5, b5, gw5, gb5, s1w5, s1b5, s2w5, s2b5, key3, key4, p, lr, wd, bc2, B,
                   loss_ptr, correct_ptr, logits_ptr,
-                  F3: tl.constexpr, F4: tl.constexpr, F5: tl.constexpr, F3P: tl.constexpr, F4P: tl.constexpr,
-                  F5P: tl.constexpr, BP: tl.constexpr, DROP3: tl.constexpr, DROP4: tl.constexpr,
+                  F3: tl.constexpr, F4: tl.constexpr, F5: tl.constexpr, F4P: tl.constexpr, F5P: tl.constexpr,
+                  BP: tl.constexpr, BF: tl.constexpr, DROP3: tl.constexpr, DROP4: tl.constexpr,
                   ACT: tl.constexpr, OPT: tl.constexpr, STORE_GRADS: tl.constexpr, PREC: tl.constexpr):
     """fc1 → activation → [dropout] → fc2 → mean cross-entropy; the loss, correct count and logits out;
-    backward and update of fc2 and fc1; the gradient for conv3's pooled pre-activation written over it."""
+    backward and update of fc2 and fc1; the gradient for conv3's pooled pre-activation written over it.
+    fc1's F3 inputs go in chunks of BF (register pressure: an FMA dot holds its whole K extent per thread)."""
     bb = tl.arange(0, BP)
     bm = bb < B
-    f3 = tl.arange(0, F3P)
     j4 = tl.arange(0, F4P)
     j5 = tl.arange(0, F5P)
-    m3 = bm[:, None] & (f3 < F3)[None, :]
     m4 = bm[:, None] & (j4 < F4)[None, :]
     m5 = bm[:, None] & (j5 < F5)[None, :]
-    e3 = bb[:, None] * F3 + f3[None, :]
     e4 = bb[:, None] * F4 + j4[None, :]
-    x = tl.load(x_ptr + e3, mask=m3, other=0.0)  # conv3's output, flattened channel-major
-    o4 = j4[:, None] * F3 + f3[None, :]
-    k4 = (j4 < F4)[:, None] & (f3 < F3)[None, :]
-    wt4 = tl.load(w4 + o4, mask=k4, other=0.0)
-    z4 = tl.dot(x, tl.trans(wt4), input_precision=PREC) + tl.load(b4 + j4, mask=j4 < F4, other=0.0)[None, :]
+    z4 = tl.full([BP, F4P], 0.0, tl.float32)
+    for f0 in range(0, F3, BF):
+        f3 = f0 + tl.arange(0, BF)
+        x = tl.load(x_ptr + bb[:, None] * F3 + f3[None, :], mask=bm[:, None] & (f3 < F3)[None, :], other=0.0)
+        wt4 = tl.load(w4 + j4[:, None] * F3 + f3[None, :], mask=(j4 < F4)[:, None] & (f3 < F3)[None, :], other=0.0)
+        z4 = tl.dot(x, tl.trans(wt4), z4, input_precision=PREC)
+    z4 += tl.load(b4 + j4, mask=j4 < F4, other=0.0)[None, :]
     h = tl.where(m4, _dropout(_act(z4, ACT), key4, e4, p, DROP4), 0.0)
     o5 = j5[:, None] * F4 + j4[None, :]
     k5 = (j5 < F5)[:, None] & (j4 < F4)[None, :]
@@ -350,12 +350,19 @@ def _linear_stage(x_ptr, below_ptr, idx_ptr, labels_ptr, w4, b4, gw4, gb4, s1w4,
             STORE_GRADS)
     _update(b5, gb5, s1b5, s2b5, j5, j5 < F5, _sum(dz5, 0), lr, wd, bc2, OPT, STORE_GRADS)
     dz4 = tl.where(m4, _act_grad(_dropout(dh, key4, e4, p, DROP4), z4, ACT), 0.0)
-    dx = tl.dot(dz4, wt4, input_precision=PREC)
-    _update(w4, gw4, s1w4, s2w4, o4, k4, tl.dot(tl.trans(dz4), x, input_precision=PREC), lr, wd, bc2, OPT,
-            STORE_GRADS)
     _update(b4, gb4, s1b4, s2b4, j4, j4 < F4, _sum(dz4, 0), lr, wd, bc2, OPT, STORE_GRADS)
-    pre = tl.load(below_ptr + e3, mask=m3, other=0.0)
-    tl.store(below_ptr + e3, _act_grad(_dropout(dx, key3, e3, p, DROP3), pre, ACT), mask=m3)
+    for f0 in range(0, F3, BF):  # each chunk of fc1's weights: input gradient with the old values, then update
+        f3 = f0 + tl.arange(0, BF)
+        e3 = bb[:, None] * F3 + f3[None, :]
+        m3 = bm[:, None] & (f3 < F3)[None, :]
+        o4 = j4[:, None] * F3 + f3[None, :]
+        k4 = (j4 < F4)[:, None] & (f3 < F3)[None, :]
+        x = tl.load(x_ptr + e3, mask=m3, other=0.0)
+        dx = tl.dot(dz4, tl.load(w4 + o4, mask=k4, other=0.0), input_precision=PREC)
+        pre = tl.load(below_ptr + e3, mask=m3, other=0.0)
+        tl.store(below_ptr + e3, _act_grad(_dropout(dx, key3, e3, p, DROP3), pre, ACT), mask=m3)
+        _update(w4, gw4, s1w4, s2w4, o4, k4, tl.dot(tl.trans(dz4), x, input_precision=PREC), lr, wd, bc2, OPT,
+                STORE_GRADS)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -364,28 +371,48 @@ def _linear_stage(x_ptr, below_ptr, idx_ptr, labels_ptr, w4, b4, gw4, gb4, s1w4,
 
 
 @triton.jit
+def _tensor(table, i: tl.constexpr, m, numel: tl.constexpr):
+    """Model ``m``'s slice of the stacked [M, numel] float32 tensor whose address is ``table[i]``."""
+    return tl.load(table + i).to(tl.pointer_type(tl.float32)) + m * numel
+
+
+# The tensors of a step, by position in ``tensors`` (int64 addresses): the 10 parameters of the 5 layers
+# (weight, bias each), then their gradients, first optimizer state (exp_avg / momentum_buffer), second
+# (exp_avg_sq). One address table instead of 40 kernel arguments: arguments sit in registers from the
+# kernel's entry on, and 40 pointers were a third of the register file of a thread.
+GRAD = tl.constexpr(10)
+STATE1 = tl.constexpr(20)
+STATE2 = tl.constexpr(30)
+
+
+@triton.jit
+def _layer(table, layer: tl.constexpr, m, NW: tl.constexpr, NB: tl.constexpr):
+    """(weight, bias, their gradients, first state, second state) of ``layer`` (0-based) for model ``m``."""
+    return (_tensor(table, 2 * layer, m, NW), _tensor(table, 2 * layer + 1, m, NB),
+            _tensor(table, GRAD + 2 * layer, m, NW), _tensor(table, GRAD + 2 * layer + 1, m, NB),
+            _tensor(table, STATE1 + 2 * layer, m, NW), _tensor(table, STATE1 + 2 * layer + 1, m, NB),
+            _tensor(table, STATE2 + 2 * layer, m, NW), _tensor(table, STATE2 + 2 * layer + 1, m, NB))
+
+
+@triton.jit
 def train_step_kernel(
-        images, labels, idx, seeds, drop_p, lrs, wds, bc2_ptr, step_ptr,
-        w1, b1, w2, b2, w3, b3, w4, b4, w5, b5,
-        gw1, gb1, gw2, gb2, gw3, gb3, gw4, gb4, gw5, gb5,
-        s1w1, s1b1, s1w2, s1b2, s1w3, s1b3, s1w4, s1b4, s1w5, s1b5,
-        s2w1, s2b1, s2w2, s2b2, s2w3, s2b3, s2w4, s2b4, s2w5, s2b5,
+        images, labels, idx, seeds, drop_p, lrs, wds, bc2_ptr, step_ptr, tensors,
         scratch, argmax, loss, correct, logits, B,
         C0: tl.constexpr, H0: tl.constexpr,
         K1: tl.constexpr, C1: tl.constexpr, P1: tl.constexpr, D1: tl.constexpr, C1P: tl.constexpr,
         K2: tl.constexpr, C2: tl.constexpr, P2: tl.constexpr, D2: tl.constexpr, C2P: tl.constexpr,
         K3: tl.constexpr, C3: tl.constexpr, P3: tl.constexpr, D3: tl.constexpr, C3P: tl.constexpr,
-        F4: tl.constexpr, D4: tl.constexpr, F5: tl.constexpr, F3P: tl.constexpr, F4P: tl.constexpr,
+        F4: tl.constexpr, D4: tl.constexpr, F5: tl.constexpr, F4P: tl.constexpr,
         F5P: tl.constexpr, BK1: tl.constexpr, BK2: tl.constexpr, BK3: tl.constexpr, BKT2: tl.constexpr,
         BKT3: tl.constexpr, MIX1: tl.constexpr, MIX2: tl.constexpr, MIX3: tl.constexpr, MIX4: tl.constexpr,
         BMAX: tl.constexpr, BP: tl.constexpr, BR: tl.constexpr, ACT: tl.constexpr, OPT: tl.constexpr,
         STORE_GRADS: tl.constexpr, PREC: tl.constexpr):
     """One training step of model ``program_id(0)``: layer ℓ has kernel Kℓ, Cℓ output channels, pooling Pℓ,
     dropout Dℓ (0/1; ``drop_p`` per model) and Cℓ padded to CℓP ≥ 16; input C0 × H0 × H0; fc1 F4 units
-    (dropout D4), F5 classes. Per model: ``idx`` [BMAX] (B used), weights/grads/state at ``m · numel``,
-    scratch [3·ΣBMAX·Cℓ·Hℓ²] float32 and argmax [ΣBMAX·Cℓ·Hℓ²] int8. Adam: ``lrs`` hold lr / (1 − β₁ᵗ)."""
+    (dropout D4), F5 classes. Per model: ``idx`` [B], the tensors of ``tensors`` at ``m · numel``,
+    scratch [2·ΣBMAX·Cℓ·Hℓ²] float32 and argmax [ΣBMAX·Cℓ·Hℓ²] int8. Adam: ``lrs`` hold lr / (1 − β₁ᵗ)."""
     m = tl.program_id(0).to(tl.int64)
-    # spatial sizes: Hℓ = output of layer ℓ after pooling
+    # spatial sizes: Hℓ = output of layer ℓ after pooling; per-model sizes of scratch regions and weights
     H1: tl.constexpr = (H0 - K1 + 1) // (1 + P1)
     H2: tl.constexpr = (H1 - K2 + 1) // (1 + P2)
     H3: tl.constexpr = (H2 - K3 + 1) // (1 + P3)
@@ -393,13 +420,9 @@ def train_step_kernel(
     N2: tl.constexpr = BMAX * C2 * H2 * H2
     N3: tl.constexpr = BMAX * C3 * H3 * H3
     F3: tl.constexpr = C3 * H3 * H3
-    # per-model views; scratch: [pre-activation → its gradient, output] per layer
+    # scratch per model: [pre-activation (→ its gradient), output] of layer 1, 2, 3; argmax of layer 1, 2, 3
     sc = scratch + m * (2 * (N1 + N2 + N3))
-    pg1, out1 = sc, sc + N1
-    pg2, out2 = sc + 2 * N1, sc + 2 * N1 + N2
-    pg3, out3 = sc + 2 * (N1 + N2), sc + 2 * (N1 + N2) + N3
     am = argmax + m * (N1 + N2 + N3)
-    am1, am2, am3 = am, am + N1, am + N1 + N2
     idx = idx + m * B
     p = tl.load(drop_p + m)
     lr = tl.load(lrs + m)
@@ -409,46 +432,39 @@ def train_step_kernel(
     key2 = _dropout_key(seeds + m, step_ptr, MIX2) if D2 else 0
     key3 = _dropout_key(seeds + m, step_ptr, MIX3) if D3 else 0
     key4 = _dropout_key(seeds + m, step_ptr, MIX4) if D4 else 0
-    NW1: tl.constexpr = C1 * C0 * K1 * K1
-    NW2: tl.constexpr = C2 * C1 * K2 * K2
-    NW3: tl.constexpr = C3 * C2 * K3 * K3
-    NW4: tl.constexpr = F4 * F3
-    NW5: tl.constexpr = F5 * F4
-    w1, gw1, s1w1, s2w1 = w1 + m * NW1, gw1 + m * NW1, s1w1 + m * NW1, s2w1 + m * NW1
-    w2, gw2, s1w2, s2w2 = w2 + m * NW2, gw2 + m * NW2, s1w2 + m * NW2, s2w2 + m * NW2
-    w3, gw3, s1w3, s2w3 = w3 + m * NW3, gw3 + m * NW3, s1w3 + m * NW3, s2w3 + m * NW3
-    w4, gw4, s1w4, s2w4 = w4 + m * NW4, gw4 + m * NW4, s1w4 + m * NW4, s2w4 + m * NW4
-    w5, gw5, s1w5, s2w5 = w5 + m * NW5, gw5 + m * NW5, s1w5 + m * NW5, s2w5 + m * NW5
-    b1, gb1, s1b1, s2b1 = b1 + m * C1, gb1 + m * C1, s1b1 + m * C1, s2b1 + m * C1
-    b2, gb2, s1b2, s2b2 = b2 + m * C2, gb2 + m * C2, s1b2 + m * C2, s2b2 + m * C2
-    b3, gb3, s1b3, s2b3 = b3 + m * C3, gb3 + m * C3, s1b3 + m * C3, s2b3 + m * C3
-    b4, gb4, s1b4, s2b4 = b4 + m * F4, gb4 + m * F4, s1b4 + m * F4, s2b4 + m * F4
-    b5, gb5, s1b5, s2b5 = b5 + m * F5, gb5 + m * F5, s1b5 + m * F5, s2b5 + m * F5
 
-    _conv_forward(images, idx, w1, b1, pg1, out1, am1, key1, p, B, 1, C0, H0, K1, C1, P1, D1, ACT, C1P, BK1, BR,
-                  PREC)
+    w, b, _, _, _, _, _, _ = _layer(tensors, 0, m, C1 * C0 * K1 * K1, C1)
+    _conv_forward(images, idx, w, b, sc, sc + N1, am, key1, p, B, 1, C0, H0, K1, C1, P1, D1, ACT, C1P, BK1, BR, PREC)
     tl.debug_barrier()
-    _conv_forward(out1, idx, w2, b2, pg2, out2, am2, key2, p, B, 0, C1, H1, K2, C2, P2, D2, ACT, C2P, BK2, BR,
-                  PREC)
+    w, b, _, _, _, _, _, _ = _layer(tensors, 1, m, C2 * C1 * K2 * K2, C2)
+    _conv_forward(sc + N1, idx, w, b, sc + 2 * N1, sc + 2 * N1 + N2, am + N1, key2, p, B,
+                  0, C1, H1, K2, C2, P2, D2, ACT, C2P, BK2, BR, PREC)
     tl.debug_barrier()
-    _conv_forward(out2, idx, w3, b3, pg3, out3, am3, key3, p, B, 0, C2, H2, K3, C3, P3, D3, ACT, C3P, BK3, BR,
-                  PREC)
+    w, b, _, _, _, _, _, _ = _layer(tensors, 2, m, C3 * C2 * K3 * K3, C3)
+    _conv_forward(sc + 2 * N1 + N2, idx, w, b, sc + 2 * (N1 + N2), sc + 2 * (N1 + N2) + N3, am + N1 + N2,
+                  key3, p, B, 0, C2, H2, K3, C3, P3, D3, ACT, C3P, BK3, BR, PREC)
     tl.debug_barrier()
-    _linear_stage(out3, pg3, idx, labels, w4, b4, gw4, gb4, s1w4, s1b4, s2w4, s2b4,
-                  w5, b5, gw5, gb5, s1w5, s1b5, s2w5, s2b5, key3, key4, p, lr, wd, bc2, B,
+    w4, b4, gw4, gb4, s1w4, s1b4, s2w4, s2b4 = _layer(tensors, 3, m, F4 * F3, F4)
+    w5, b5, gw5, gb5, s1w5, s1b5, s2w5, s2b5 = _layer(tensors, 4, m, F5 * F4, F5)
+    _linear_stage(sc + 2 * (N1 + N2) + N3, sc + 2 * (N1 + N2), idx, labels, w4, b4, gw4, gb4, s1w4, s1b4, s2w4,
+                  s2b4, w5, b5, gw5, gb5, s1w5, s1b5, s2w5, s2b5, key3, key4, p, lr, wd, bc2, B,
                   loss + m, correct + m, logits + m * (BMAX * F5),
-                  F3, F4, F5, F3P, F4P, F5P, BP, D3, D4, ACT, OPT, STORE_GRADS, PREC)
+                  F3, F4, F5, F4P, F5P, BP, 16, D3, D4, ACT, OPT, STORE_GRADS, PREC)
     tl.debug_barrier()
-    _conv_input_grad(pg3, am3, w3, pg2, key2, p, B, C2, H2, K3, C3, P3, D2, ACT, C2P, BKT3, BR, PREC)
+    w, b, gw, gb, s1w, s1b, s2w, s2b = _layer(tensors, 2, m, C3 * C2 * K3 * K3, C3)
+    _conv_input_grad(sc + 2 * (N1 + N2), am + N1 + N2, w, sc + 2 * N1, key2, p, B,
+                     C2, H2, K3, C3, P3, D2, ACT, C2P, BKT3, BR, PREC)
     tl.debug_barrier()
-    _conv_weight_grad(out2, idx, pg3, am3, w3, b3, gw3, gb3, s1w3, s1b3, s2w3, s2b3, lr, wd, bc2, B,
-                      0, C2, H2, K3, C3, P3, C3P, BK3, BR, OPT, STORE_GRADS, PREC)
-    _conv_input_grad(pg2, am2, w2, pg1, key1, p, B, C1, H1, K2, C2, P2, D1, ACT, C1P, BKT2, BR, PREC)
+    _conv_weight_grad(sc + 2 * N1 + N2, idx, sc + 2 * (N1 + N2), am + N1 + N2, w, b, gw, gb, s1w, s1b, s2w, s2b,
+                      lr, wd, bc2, B, 0, C2, H2, K3, C3, P3, C3P, BK3, BR, OPT, STORE_GRADS, PREC)
+    w, b, gw, gb, s1w, s1b, s2w, s2b = _layer(tensors, 1, m, C2 * C1 * K2 * K2, C2)
+    _conv_input_grad(sc + 2 * N1, am + N1, w, sc, key1, p, B, C1, H1, K2, C2, P2, D1, ACT, C1P, BKT2, BR, PREC)
     tl.debug_barrier()
-    _conv_weight_grad(out1, idx, pg2, am2, w2, b2, gw2, gb2, s1w2, s1b2, s2w2, s2b2, lr, wd, bc2, B,
-                      0, C1, H1, K2, C2, P2, C2P, BK2, BR, OPT, STORE_GRADS, PREC)
-    _conv_weight_grad(images, idx, pg1, am1, w1, b1, gw1, gb1, s1w1, s1b1, s2w1, s2b1, lr, wd, bc2, B,
-                      1, C0, H0, K1, C1, P1, C1P, BK1, BR, OPT, STORE_GRADS, PREC)
+    _conv_weight_grad(sc + N1, idx, sc + 2 * N1, am + N1, w, b, gw, gb, s1w, s1b, s2w, s2b,
+                      lr, wd, bc2, B, 0, C1, H1, K2, C2, P2, C2P, BK2, BR, OPT, STORE_GRADS, PREC)
+    w, b, gw, gb, s1w, s1b, s2w, s2b = _layer(tensors, 0, m, C1 * C0 * K1 * K1, C1)
+    _conv_weight_grad(images, idx, sc, am, w, b, gw, gb, s1w, s1b, s2w, s2b,
+                      lr, wd, bc2, B, 1, C0, H0, K1, C1, P1, C1P, BK1, BR, OPT, STORE_GRADS, PREC)
 
 
 INTERPRETED = isinstance(train_step_kernel, InterpretedFunction)  # decided by TRITON_INTERPRET at import

@@ -29,9 +29,12 @@ ACTIVATION_CODES = {"tanh": 0, "sigmoid": 1, "relu": 2, "gelu": 3}  # cnn_step's
 OPTIMIZER_CODES = {"adam": 0, "sgd": 1}  # cnn_step's OPT
 OPTIMIZER_SLOTS = {"adam": ("exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer", "momentum_buffer")}
 LAYER_KINDS = ("conv", "conv", "conv", "linear", "linear")  # the layer tables the kernel covers: CNN-s, CNN-m
-BLOCK_ROWS = 64  # output positions per tile of a convolution stage
-BLOCK_K = 64  # most reduction elements per tile (input channels × kernel taps)
+# Launch shape, chosen without a GPU so far (benchmarks/kernels.py compile: no spills for sm_90; the GPU
+# sweep of benchmarks/kernels.py steps picks among these once measured)
+BLOCK_ROWS = 32  # output positions per tile of a convolution stage
+BLOCK_K = 16  # reduction elements per product (channels × taps): an FMA dot holds its K extent per thread
 NUM_WARPS = 4  # per program (one model)
+NUM_STAGES = 1  # no software pipelining: Triton's default (3) multi-buffers every loop's loads in shared memory
 _HASH_MASK = 0xFFFFFFFF
 
 
@@ -80,9 +83,8 @@ def plan(specs: tuple[LayerSpec, ...], in_channels: int, size: int, classes: int
         scratch += 2 * batch * s.out * h * h
         argmax += batch * s.out * h * h
         channels = s.out
-    features = channels * h * h
-    c |= {"F4": specs[3].out, "D4": int(specs[3].dropout and dropout), "F5": classes, "F3P": _pad(features),
-          "F4P": _pad(specs[3].out), "F5P": _pad(classes)}
+    c |= {"F4": specs[3].out, "D4": int(specs[3].dropout and dropout), "F5": classes, "F4P": _pad(specs[3].out),
+          "F5P": _pad(classes)}
     c |= {f"MIX{i + 1}": ((randomness.DROPOUT + i) * 0x632BE5AB) & _HASH_MASK for i in range(4)}
     c |= {"BMAX": batch, "BP": _pad(batch), "BR": block_rows, "ACT": ACTIVATION_CODES[activation],
           "OPT": OPTIMIZER_CODES[optimizer], "PREC": "tf32" if tf32 else "ieee"}
@@ -95,6 +97,9 @@ def kernel_module(device: torch.device) -> ModuleType:
     if device.type == "cpu" and not interpret:
         raise KernelError("MODELZOOS_KERNELS=fused runs Triton kernels on a CUDA GPU; on the CPU only in Triton's "
                           "interpreter: set TRITON_INTERPRET=1 (slow, meant for tests) or MODELZOOS_KERNELS=torch")
+    if device.type == "cuda" and interpret:
+        raise KernelError("TRITON_INTERPRET=1 is set: Triton's interpreter would run the kernels on copies in host "
+                          "memory; unset it to run them on the GPU")
     if device.type not in ("cpu", "cuda"):
         raise KernelError(f"MODELZOOS_KERNELS=fused needs a CUDA device, got {device}; use MODELZOOS_KERNELS=torch")
     try:
@@ -108,14 +113,16 @@ def kernel_module(device: torch.device) -> ModuleType:
 class FusedStep:
     """A group's training step as one launch of ``train_step_kernel`` (a ``population.KernelStep``).
 
-    Holds the scratch for batches of up to ``batch_size``. ``store_grads``: keep each step's gradients in
+    The kernel updates the group's parameter and optimizer-state tensors in place, found through their
+    addresses (taken here: the tensors must stay the same objects, as the engine keeps them). Holds the
+    scratch for batches of up to ``batch_size``. ``store_grads``: keep each step's gradients in
     ``grads`` (name → [M, *shape], like ``p.grad``); ``logits`` [M, batch_size, classes] holds the last
     step's logits (rows < b). The returned losses and counts are buffers overwritten by the next step.
     """
 
     def __init__(self, g: Group, net: PopulationCNN, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
                  dropout: bool, store_grads: bool = False, block_rows: int = BLOCK_ROWS, block_k: int = BLOCK_K,
-                 num_warps: int = NUM_WARPS) -> None:
+                 num_warps: int = NUM_WARPS, max_registers: int | None = None) -> None:
         dev = images.device
         self.kernel = kernel_module(dev).train_step_kernel
         self.g, self.images, self.labels = g, images.contiguous(), labels.contiguous()
@@ -123,7 +130,10 @@ class FusedStep:
         classes = g.params[f"{net.specs[-1].name}.weight"].shape[1]
         self.plan = plan(net.specs, images.shape[1], images.shape[-1], classes, batch_size, config.activation,
                          config.optimizer, dropout, bool(numerics(dev)["tf32"]), block_rows, block_k)
-        self.num_warps, self.adam = num_warps, config.optimizer == "adam"
+        self.launch = {"num_warps": num_warps, "num_stages": NUM_STAGES}
+        if max_registers is not None:  # per thread (ptxas spills above): more programs per multiprocessor
+            self.launch["maxnreg"] = max_registers
+        self.adam = config.optimizer == "adam"
         m = g.m
         self.scratch = torch.empty(m, self.plan.scratch, device=dev)
         self.argmax = torch.empty(m, self.plan.argmax, dtype=torch.int8, device=dev)
@@ -133,13 +143,15 @@ class FusedStep:
         self.lr = torch.empty_like(g.lr)  # Adam: lr / (1 − β₁ᵗ), set per step
         self.bc2 = torch.ones((), device=dev)  # Adam: √(1 − β₂ᵗ)
         names = [f"{s.name}.{kind}" for s in net.specs for kind in ("weight", "bias")]
-        self.params = [g.params[k].detach() for k in names]
-        self.grads = {k: torch.zeros_like(self.params[i]) for i, k in enumerate(names)} if store_grads else {}
+        params = [g.params[k].detach() for k in names]
+        self.grads = {k: torch.zeros_like(params[i]) for i, k in enumerate(names)} if store_grads else {}
         self.store_grads = store_grads
-        slots = OPTIMIZER_SLOTS[config.optimizer]
-        self.state = [g.opt_state[f"{k}.{slot}"] for slot in slots for k in names]
-        # without stored gradients the kernel's gradient pointers go unused: any float tensor will do
-        self.grad_args = list(self.grads.values()) if store_grads else self.params
+        state = [g.opt_state[f"{k}.{slot}"] for slot in OPTIMIZER_SLOTS[config.optimizer] for k in names]
+        # cnn_step's address table: parameters, gradients (unused without store_grads), first and second state
+        tensors = [*params, *(self.grads.values() if store_grads else params), *state]
+        if not all(t.is_contiguous() and t.dtype == torch.float32 for t in tensors):
+            raise KernelError("the fused kernels need contiguous float32 parameters and optimizer state")
+        self.tensors = torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64, device=dev)
 
     def __call__(self, idx: torch.Tensor, done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         g = self.g
@@ -149,9 +161,8 @@ class FusedStep:
             self.bc2.copy_(bc2)
         self.kernel[(g.m,)](
             self.images, self.labels, idx.contiguous(), g.seeds, g.p, self.lr if self.adam else g.lr, g.wd,
-            self.bc2, done, *self.params, *self.grad_args, *self.state, self.scratch, self.argmax, self.losses,
-            self.correct, self.logits, idx.shape[1], **self.plan.constants, STORE_GRADS=int(self.store_grads),
-            num_warps=self.num_warps)
+            self.bc2, done, self.tensors, self.scratch, self.argmax, self.losses, self.correct, self.logits,
+            idx.shape[1], **self.plan.constants, STORE_GRADS=int(self.store_grads), **self.launch)
         return self.losses, self.correct
 
 
