@@ -7,10 +7,21 @@
 #   zoo3     the 1,000-model MNIST seed zoo through `modelzoos generate`, 3 epochs
 #   zoo      the same, 50 epochs (the goal: ≤ 5 minutes; ≈ 39 minutes measured by projection)
 #   resnet   benchmarks/resnet.py, CIFAR-10 ResNet-18 variants
+# The fused Triton kernels (MODELZOOS_KERNELS=fused, benchmarks/kernels.py), in this order in one command:
+#   kwarm    compile the kernel variants of kcheck/ksteps in parallel (≈ 1–2 min on 16 cores, estimated)
+#   kcheck   fused = torch engine after one epoch (3 workloads, all activations/optimizers, dropout), determinism
+#   ksteps   ms per step at 1/10/100/1000 models, torch vs fused; launch shapes at 1000 models; eval time
+#   kprofile torch.profiler of 10 eager fused steps of 1000 models
+#   kzoo     the 1,000-model MNIST seed zoo through `modelzoos generate` with the fused kernels: as many of the 50
+#            epochs as fit before DEADLINE_S seconds after this script started (default 540: one 10-minute
+#            command), sized from ksteps' measured step and evaluation times; all 50 when they fit
+# e.g. (≈ 9 minutes, leaves a rerun's worth of a 15-minute lease):
+#   DEADLINE_S=540 bash benchmarks/gpu_run.sh setup kwarm kcheck ksteps kprofile kzoo
 set -uo pipefail
 OUT=${OUT:-out/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+DEADLINE_S=${DEADLINE_S:-540}
 for stage in "$@"; do
   echo "=== $stage $(date +%T)"
   case $stage in
@@ -35,6 +46,19 @@ for stage in "$@"; do
       python3 benchmarks/mnist_zoo.py --out /tmp/zoo --json "$OUT/mnist_zoo.json" ;;
     resnet)
       python3 benchmarks/resnet.py --json "$OUT/resnet_cuda.json" ;;
+    kwarm)
+      python3 benchmarks/kernels.py warm 2>&1 | tee "$OUT/kernels_warm.txt" ;;
+    kcheck)
+      python3 benchmarks/kernels.py check --json "$OUT/kernels_check.json" ;;
+    ksteps)
+      python3 benchmarks/kernels.py steps --json "$OUT/kernels_steps.json" ;;
+    kprofile)
+      python3 benchmarks/kernels.py profile 2>&1 | tee "$OUT/kernels_profile.txt" ;;
+    kzoo)
+      budget=$((DEADLINE_S - SECONDS - 30))  # 30 s for the zoo's data and the results
+      echo "zoo budget: $budget s"
+      python3 benchmarks/kernels.py zoo --out /tmp/kernels_zoo --budget-s "$budget" \
+        --steps-json "$OUT/kernels_steps.json" --json "$OUT/kernels_zoo.json" ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
 done

@@ -36,12 +36,12 @@ from pathlib import Path
 
 import torch
 
-# steps, profile and zoo time the population engine as generation runs it
-DEVICE = "cuda"
+DEVICE = "cuda"  # --device cpu (with TRITON_INTERPRET=1): a smoke test of the steps stage, no timing
 MODELS = (1, 10, 100, 1000)
 # (block_rows, block_k, num_warps, max_registers) tried at 1,000 models; the first: modelzoos.kernels.fused's
 # defaults. Compiled for sm_90 (compile stage): 254 registers with 4 warps, 112 with 8, no spills either way.
 CONFIGS = ((32, 16, 4, None), (32, 16, 8, None), (32, 16, 4, 128), (64, 16, 8, None))
+SETUP_S = 30  # zoo: building 1,000 models on the CPU, CUDA-graph capture, first writes (estimate)
 
 
 def with_kernels(value: str, fn, *args, **kwargs):
@@ -174,7 +174,7 @@ def _compile(job: tuple) -> tuple[str, float]:
                      num_warps=num_warps, max_registers=registers)
     step(torch.zeros(1, config.batch_size, dtype=torch.int64, device=dev), torch.zeros((), dtype=torch.int64,
                                                                                       device=dev))
-    torch.cuda.synchronize()
+    sync()
     return f"{arch} {channels}×{size} {config.activation}/{config.optimizer} dropout={dropout} " \
            f"tiles {block_rows}/{block_k} warps {num_warps} registers {registers}", time.perf_counter() - start
 
@@ -206,10 +206,13 @@ def warm(args) -> None:
 
 
 def _diff(a, b) -> dict:
-    dw = (a.weights - b.weights).abs().max().item()
+    """Largest and 99th-percentile |Δ weight| (a few weights off: a pooling near-tie or Adam near ε; many: a
+    fault), largest |Δ accuracy|, bitwise equality."""
+    dw = (a.weights - b.weights).abs()
     da = max(abs(x - y) for k in ("train_acc", "val_acc", "test_acc")
              for x, y in zip(a.metrics[k], b.metrics[k], strict=True))
-    return {"max_abs_weight": dw, "max_abs_acc": da, "bitwise": bool(torch.equal(a.weights, b.weights))}
+    return {"max_abs_weight": dw.max().item(), "p99_abs_weight": dw.flatten().quantile(0.99).item(),
+            "max_abs_acc": da, "bitwise": bool(torch.equal(a.weights, b.weights))}
 
 
 def check(args) -> None:
@@ -226,14 +229,15 @@ def check(args) -> None:
         checks[f"{name}: fused vs fused, epoch 1"] = _diff(fused_run[1], run("fused")[1])
         checks[f"{name}: torch vs torch, epoch 1"] = _diff(torch_run[1], run("torch")[1])
     failed = False
-    print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}\n")
-    print("| check | max abs Δ weight | max abs Δ accuracy | bitwise | tolerance (weights) |")
-    print("|---|---:|---:|---|---:|")
+    print(f"device: {device_name()}; torch {torch.__version__}\n")
+    print("| check | max abs Δ weight | 99th percentile | max abs Δ accuracy | bitwise | tolerance (max) |")
+    print("|---|---:|---:|---:|---|---:|")
     for name, d in checks.items():
         t = tolerances.get(name)
         failed |= t is not None and not d["max_abs_weight"] <= t
-        print(f"| {name} | {d['max_abs_weight']:.2e} | {d['max_abs_acc']:.4f} | {d['bitwise']} | {t or '–'} |")
-    write_json(args.json, {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "checks": checks,
+        print(f"| {name} | {d['max_abs_weight']:.2e} | {d['p99_abs_weight']:.2e} | {d['max_abs_acc']:.4f} | "
+              f"{d['bitwise']} | {t or '–'} |")
+    write_json(args.json, {"device": device_name(), "torch": torch.__version__, "checks": checks,
                            "tolerances": tolerances})
     raise SystemExit(1 if failed else 0)
 
@@ -243,11 +247,20 @@ def check(args) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def device_name() -> str:
+    return device_name() if DEVICE == "cuda" else DEVICE
+
+
 def timed(fn) -> float:
-    torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
+    sync()
     return time.perf_counter() - start
 
 
@@ -264,7 +277,7 @@ def steps(args) -> None:
     bs = configs[0].batch_size
     n = args.steps * bs
     images, labels = data.train.images[:n].to(dev), data.train.labels[:n].to(dev)
-    rows, result = [], {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+    rows, result = [], {"device": device_name(), "torch": torch.__version__,
                         "numerics": numerics(dev), "steps": args.steps}
     print("| models | engine | ms per step | model-steps/s | TFLOP/s | first epoch s |", flush=True)
     print("|---:|---|---:|---:|---:|---:|", flush=True)
@@ -288,10 +301,13 @@ def steps(args) -> None:
         step = FusedStep(g, net, images, labels, bs, False, block_rows=block_rows, block_k=block_k, num_warps=warps,
                          max_registers=registers)
         step(idx, done)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step(idx, done)
-        ms = 1e3 * timed(lambda: [graph.replay() for _ in range(args.steps)]) / args.steps  # noqa: B023
+        replay = lambda: step(idx, done)  # noqa: E731, B023
+        if DEVICE == "cuda":
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step(idx, done)
+            replay = graph.replay
+        ms = 1e3 * timed(lambda: [replay() for _ in range(args.steps)]) / args.steps  # noqa: B023
         sweep.append({"block_rows": block_rows, "block_k": block_k, "num_warps": warps, "max_registers": registers,
                       "ms_per_step": ms})
         print(f"fused kernel, {g.m} models, tiles {block_rows}/{block_k}, {warps} warps, registers {registers}: "
@@ -323,7 +339,7 @@ def profile(args) -> None:
     st.epoch(1)
     with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
         st.epoch(2)
-        torch.cuda.synchronize()
+        sync()
     print(f"10 eager fused steps of {g.m} models:", flush=True)
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15), flush=True)
 
@@ -341,29 +357,36 @@ def zoo(args) -> None:
     from modelzoos.export import generate
     from modelzoos.training import numerics
 
+    start = time.perf_counter()
     measured = json.loads(args.steps_json.read_text())
-    ms = min(r["ms_per_step"] for r in measured["rows"] if r["models"] == 1000 and r["kernels"] == "fused")
+    models = max(args.models)
+    ms = min(r["ms_per_step"] for r in measured["rows"] if r["models"] == models and r["kernels"] == "fused")
     mnist = get_zoo("mnist_cnn_seed")
-    steps_per_epoch = math.ceil(mnist.data.train_size / mnist.batch_size)
-    # an epoch: its steps, then val + test evaluation (2 × the measured val pass); epoch 0: evaluation of 3 splits
-    epoch_s = steps_per_epoch * ms / 1e3 + 2 * measured["eval_s_val"]
-    epoch0_s = 7 * measured["eval_s_val"]  # train split = 5 × val
-    epochs = max(1, min(mnist.epochs, int((args.budget_s - epoch0_s) / epoch_s)))
-    print(f"estimate: {epoch_s:.1f} s per epoch ({ms:.3f} ms per step), epoch 0 {epoch0_s:.1f} s → {epochs} of "
-          f"{mnist.epochs} epochs in {args.budget_s} s", flush=True)
     root = args.out / "data"
     write_mnist_shaped(root)
-    load_image_data(mnist.data, root)
-    start = time.perf_counter()
-    zd = with_kernels("fused", generate, mnist, args.out / "zoo", models=1000, epochs=epochs, device=DEVICE,
-                      data_root=root, progress=False)
-    wall = time.perf_counter() - start
-    meta = zd.metadata
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "numerics": with_kernels("fused", numerics, DEVICE), "models": 1000, "epochs": epochs,
-              "states": len(meta), "generate_wall_s": wall, "estimate_epoch_s": epoch_s,
-              "projected_50_epochs_s": wall if epochs == mnist.epochs else epoch0_s + (wall - epoch0_s) * 50 / epochs,
-              "final_test_acc_median": float(meta[meta["epoch"] == epochs]["test_acc"].median())}
+    load_image_data(mnist.data, root)  # reads, splits, normalises and caches the data, as generate will
+    # an epoch: its steps, then val + test evaluation (2 val passes); epoch 0: the 3 splits (train = 5 val);
+    # SETUP_S: 1,000 models built on the CPU, graph capture, first writes (estimated)
+    steps_per_epoch = math.ceil(mnist.data.train_size / mnist.batch_size)
+    epoch_s = steps_per_epoch * ms / 1e3 + 2 * measured["eval_s_val"]
+    epoch0_s = 7 * measured["eval_s_val"] + SETUP_S
+    left = args.budget_s - (time.perf_counter() - start)
+    epochs = min(mnist.epochs, int((left - epoch0_s) / epoch_s))
+    result = {"device": device_name(), "torch": torch.__version__,
+              "numerics": with_kernels("fused", numerics, DEVICE), "models": models, "ms_per_step": ms,
+              "estimate_epoch_s": epoch_s, "estimate_50_epochs_s": epoch0_s + mnist.epochs * epoch_s,
+              "budget_s": left, "epochs": max(epochs, 0)}
+    print(f"estimate: {epoch_s:.1f} s per epoch ({ms:.3f} ms per step), epoch 0 and setup {epoch0_s:.1f} s → "
+          f"{epochs} of {mnist.epochs} epochs fit into {left:.0f} s", flush=True)
+    if epochs >= 1:
+        start = time.perf_counter()
+        zd = with_kernels("fused", generate, mnist, args.out / "zoo", models=models, epochs=epochs, device=DEVICE,
+                          data_root=root, progress=False)
+        wall = time.perf_counter() - start
+        meta = zd.metadata
+        result |= {"states": len(meta), "generate_wall_s": wall,
+                   "projected_50_epochs_s": wall + (mnist.epochs - epochs) * (wall - epoch0_s) / epochs,
+                   "final_test_acc_median": float(meta[meta["epoch"] == epochs]["test_acc"].median())}
     print(json.dumps(result, indent=2), flush=True)
     write_json(args.json, result)
 
@@ -375,6 +398,7 @@ def write_json(path: Path | None, result: dict) -> None:
 
 
 def main() -> None:
+    global DEVICE
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=("compile", "warm", "check", "steps", "profile", "zoo"))
     p.add_argument("--json", type=Path, default=None)
@@ -383,7 +407,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("/tmp/kernels_zoo"), help="zoo: data and zoo folder")
     p.add_argument("--budget-s", type=float, default=300.0, help="zoo: wall-time budget for generate")
     p.add_argument("--steps-json", type=Path, default=None, help="zoo: the steps stage's JSON")
+    p.add_argument("--device", default=DEVICE, help="cpu: a smoke test (TRITON_INTERPRET=1; steps stage)")
     args = p.parse_args()
+    DEVICE = args.device
     if args.stage == "profile":
         args.models = max(args.models)
     stages = {"compile": compile_sm90, "warm": warm, "check": check, "steps": steps, "profile": profile, "zoo": zoo}

@@ -76,7 +76,7 @@ def _sum(x, axis: tl.constexpr):
 
 @triton.jit
 def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
+    return 1.0 / (1.0 + tl.exp(tl.minimum(-x, 88.0)))  # e^88 < float32's largest: no overflow
 
 
 @triton.jit
@@ -86,7 +86,7 @@ def _tanh(x):
     z = x * x
     small = ((((-5.70498872745e-3 * z + 2.06390887954e-2) * z - 5.37397155531e-2) * z + 1.33314422036e-1) * z
              - 3.33332819422e-1) * z * x + x
-    large = 1.0 - 2.0 / (tl.exp(2.0 * ax) + 1.0)
+    large = 1.0 - 2.0 / (tl.exp(2.0 * tl.minimum(ax, 15.0)) + 1.0)  # tanh(15) rounds to 1: no overflow
     return tl.where(ax < 0.625, small, tl.where(x < 0.0, -large, large))
 
 
