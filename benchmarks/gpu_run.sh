@@ -15,6 +15,8 @@
 #   kzoo     the 1,000-model MNIST seed zoo through `modelzoos generate` with the fused kernels: as many of the 50
 #            epochs as fit before DEADLINE_S seconds after this script started (default 540: one 10-minute
 #            command), sized from ksteps' measured step and evaluation times; all 50 when they fit
+#   kzoo50   the same zoo, all 50 epochs, unsized: for a command of its own once ksteps showed that
+#            ≈ 45 + 50 × (3.5 + 5,000 × step) s fit (≈ 7.5 minutes at 1 ms per step)
 # e.g. (≈ 9 minutes, leaves a rerun's worth of a 15-minute lease):
 #   DEADLINE_S=540 bash benchmarks/gpu_run.sh setup kwarm kcheck ksteps kprofile kzoo
 set -uo pipefail
@@ -59,6 +61,8 @@ for stage in "$@"; do
       echo "zoo budget: $budget s"
       python3 benchmarks/kernels.py zoo --out /tmp/kernels_zoo --budget-s "$budget" \
         --steps-json "$OUT/kernels_steps.json" --json "$OUT/kernels_zoo.json" ;;
+    kzoo50)
+      python3 benchmarks/kernels.py zoo --out /tmp/kernels_zoo50 --epochs 50 --json "$OUT/kernels_zoo50.json" ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
 done

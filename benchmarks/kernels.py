@@ -7,6 +7,7 @@
     python benchmarks/kernels.py profile                               # where a fused step's time goes
     python benchmarks/kernels.py zoo --out /tmp/kzoo --budget-s 300 --steps-json OUT/kernels_steps.json \\
         --json OUT/kernels_zoo.json                                    # the 1,000-model MNIST zoo, sized to fit
+    python benchmarks/kernels.py zoo --out /tmp/kzoo --epochs 50 --json OUT/kernels_zoo50.json  # all 50
 
 ``compile`` builds the kernel for Hopper (sm_90) without a GPU, through Triton's compiler and ptxas, and
 reports per architecture and tile configuration the registers per thread, the stack frame (spills) and the
@@ -18,7 +19,7 @@ value; fused graph replay against fused eager, and fused against itself (no atom
 ``steps``: ms per training step (CUDA graphs for both engines) of the ``mnist_cnn_seed`` models on
 MNIST-shaped batches, and at 1,000 models the kernel's tile sizes and warps. ``zoo``: ``modelzoos
 generate`` of the MNIST seed zoo with the fused kernels, as many of the 50 epochs as the measured step
-time lets fit into ``--budget-s`` (all 50 when it fits), with the projection to 50 epochs.
+time lets fit into ``--budget-s`` (all 50 when it fits), with the projection to 50 epochs; or ``--epochs``.
 """
 
 from __future__ import annotations
@@ -358,34 +359,36 @@ def zoo(args) -> None:
     from modelzoos.training import numerics
 
     start = time.perf_counter()
-    measured = json.loads(args.steps_json.read_text())
     models = max(args.models)
-    ms = min(r["ms_per_step"] for r in measured["rows"] if r["models"] == models and r["kernels"] == "fused")
     mnist = get_zoo("mnist_cnn_seed")
     root = args.out / "data"
     write_mnist_shaped(root)
     load_image_data(mnist.data, root)  # reads, splits, normalises and caches the data, as generate will
-    # an epoch: its steps, then val + test evaluation (2 val passes); epoch 0: the 3 splits (train = 5 val);
-    # SETUP_S: 1,000 models built on the CPU, graph capture, first writes (estimated)
-    steps_per_epoch = math.ceil(mnist.data.train_size / mnist.batch_size)
-    epoch_s = steps_per_epoch * ms / 1e3 + 2 * measured["eval_s_val"]
-    epoch0_s = 7 * measured["eval_s_val"] + SETUP_S
-    left = args.budget_s - (time.perf_counter() - start)
-    epochs = min(mnist.epochs, int((left - epoch0_s) / epoch_s))
     result = {"device": device_name(), "torch": torch.__version__,
-              "numerics": with_kernels("fused", numerics, DEVICE), "models": models, "ms_per_step": ms,
-              "estimate_epoch_s": epoch_s, "estimate_50_epochs_s": epoch0_s + mnist.epochs * epoch_s,
-              "budget_s": left, "epochs": max(epochs, 0)}
-    print(f"estimate: {epoch_s:.1f} s per epoch ({ms:.3f} ms per step), epoch 0 and setup {epoch0_s:.1f} s → "
-          f"{epochs} of {mnist.epochs} epochs fit into {left:.0f} s", flush=True)
+              "numerics": with_kernels("fused", numerics, DEVICE), "models": models}
+    epochs = args.epochs
+    if epochs is None:  # as many as fit: an epoch = its steps + val and test evaluation (2 val passes);
+        # epoch 0 = evaluation of the 3 splits (train = 5 × val) + SETUP_S
+        measured = json.loads(args.steps_json.read_text())
+        ms = min(r["ms_per_step"] for r in measured["rows"] if r["models"] == models and r["kernels"] == "fused")
+        epoch_s = math.ceil(mnist.data.train_size / mnist.batch_size) * ms / 1e3 + 2 * measured["eval_s_val"]
+        epoch0_s = 7 * measured["eval_s_val"] + SETUP_S
+        left = args.budget_s - (time.perf_counter() - start)
+        epochs = max(0, min(mnist.epochs, int((left - epoch0_s) / epoch_s)))
+        result |= {"ms_per_step": ms, "estimate_epoch_s": epoch_s, "estimate_epoch0_s": epoch0_s,
+                   "estimate_50_epochs_s": epoch0_s + mnist.epochs * epoch_s, "budget_s": left}
+        print(f"estimate: {epoch_s:.1f} s per epoch ({ms:.3f} ms per step), epoch 0 and setup {epoch0_s:.1f} s → "
+              f"{epochs} of {mnist.epochs} epochs fit into {left:.0f} s", flush=True)
+    result["epochs"] = epochs
     if epochs >= 1:
         start = time.perf_counter()
         zd = with_kernels("fused", generate, mnist, args.out / "zoo", models=models, epochs=epochs, device=DEVICE,
                           data_root=root, progress=False)
         wall = time.perf_counter() - start
         meta = zd.metadata
+        per_epoch = (wall - result.get("estimate_epoch0_s", 0)) / epochs
         result |= {"states": len(meta), "generate_wall_s": wall,
-                   "projected_50_epochs_s": wall + (mnist.epochs - epochs) * (wall - epoch0_s) / epochs,
+                   "projected_50_epochs_s": wall + (mnist.epochs - epochs) * per_epoch,
                    "final_test_acc_median": float(meta[meta["epoch"] == epochs]["test_acc"].median())}
     print(json.dumps(result, indent=2), flush=True)
     write_json(args.json, result)
@@ -406,7 +409,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200, help="steps: timed steps per measurement")
     p.add_argument("--out", type=Path, default=Path("/tmp/kernels_zoo"), help="zoo: data and zoo folder")
     p.add_argument("--budget-s", type=float, default=300.0, help="zoo: wall-time budget for generate")
-    p.add_argument("--steps-json", type=Path, default=None, help="zoo: the steps stage's JSON")
+    p.add_argument("--steps-json", type=Path, default=None, help="zoo: the steps stage's JSON, for sizing")
+    p.add_argument("--epochs", type=int, default=None, help="zoo: this many epochs (no sizing)")
     p.add_argument("--device", default=DEVICE, help="cpu: a smoke test (TRITON_INTERPRET=1; steps stage)")
     args = p.parse_args()
     DEVICE = args.device
