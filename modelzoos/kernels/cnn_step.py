@@ -152,9 +152,24 @@ def _update(w_ptr, gw_ptr, s1_ptr, s2_ptr, offs, mask, grad, lr, wd, bc2, OPT: t
 
 
 @triton.jit
-def _row_base(idx_ptr, b, mask, FROM_IMAGES: tl.constexpr, IMAGE: tl.constexpr):
-    """Offset of image ``b``'s first element: through the batch index into the train images, or in scratch."""
-    return tl.load(idx_ptr + b, mask=mask, other=0) * IMAGE if FROM_IMAGES else b.to(tl.int64) * IMAGE
+def _patch_rows(r0, R, idx_ptr, FROM_IMAGES: tl.constexpr, CIN: tl.constexpr, H: tl.constexpr,
+                HP: tl.constexpr, S: tl.constexpr, BR: tl.constexpr):
+    """Rows r0 … r0 + BR − 1 of a pooled output [B, HP, HP] (valid below R): (r, mask, image, offset of the
+    first input element of each row's pooling window), the input read through the batch index into the train
+    images or from scratch [B, CIN, H, H]."""
+    r = r0 + tl.arange(0, BR)
+    rm = r < R
+    bi = r // (HP * HP)
+    image = tl.load(idx_ptr + bi, mask=rm, other=0) if FROM_IMAGES else bi.to(tl.int64)
+    return r, rm, bi, image * (CIN * H * H) + ((r // HP) % HP) * (S * H) + (r % HP) * S
+
+
+@triton.jit
+def _patch_columns(k0, KK: tl.constexpr, KS: tl.constexpr, H: tl.constexpr, BK: tl.constexpr):
+    """Reduction elements k0 … k0 + BK − 1 = (channel, row, column) of a KS × KS patch (valid below KK):
+    (k, mask, offset in an input image)."""
+    k = k0 + tl.arange(0, BK)
+    return k, k < KK, (k // (KS * KS)) * (H * H) + ((k // KS) % KS) * H + k % KS
 
 
 @triton.jit
@@ -172,21 +187,14 @@ def _conv_forward(src_ptr, idx_ptr, w_ptr, b_ptr, pre_ptr, out_ptr, arg_ptr, key
     ocm = oc < OC
     bias = tl.load(b_ptr + oc, mask=ocm, other=0.0)
     for r0 in range(0, R, BR):
-        r = r0 + tl.arange(0, BR)
-        rm = r < R
-        bi = r // (HP * HP)
-        py = (r // HP) % HP
-        px = r % HP
-        base = _row_base(idx_ptr, bi, rm, FROM_IMAGES, CIN * H * H)
+        r, rm, bi, window = _patch_rows(r0, R, idx_ptr, FROM_IMAGES, CIN, H, HP, S, BR)
         best = tl.full([BR, OCP], 0.0, tl.float32)
         arg = tl.full([BR, OCP], 0, tl.int32)
         for off in tl.static_range(S * S):
-            origin = base + (py * S + off // 2) * H + px * S + off % 2
+            origin = window + (off // 2) * H + off % 2
             acc = tl.full([BR, OCP], 0.0, tl.float32)
             for k0 in range(0, KK, BK):
-                k = k0 + tl.arange(0, BK)
-                km = k < KK
-                col = (k // (KS * KS)) * (H * H) + ((k // KS) % KS) * H + k % KS
+                k, km, col = _patch_columns(k0, KK, KS, H, BK)
                 a = tl.load(src_ptr + origin[:, None] + col[None, :], mask=rm[:, None] & km[None, :], other=0.0)
                 w = tl.load(w_ptr + oc[None, :] * KK + k[:, None], mask=km[:, None] & ocm[None, :], other=0.0)
                 acc = tl.dot(a, w, acc, input_precision=PREC)
@@ -274,17 +282,10 @@ def _conv_weight_grad(src_ptr, idx_ptr, g_ptr, arg_ptr, w_ptr, b_ptr, gw_ptr, gb
         gb += tl.load(g_ptr + gi, mask=rm[:, None] & ocm[None, :], other=0.0)
     _update(b_ptr, gb_ptr, s1b, s2b, oc, ocm, _sum(gb, 0), lr, wd, bc2, OPT, STORE_GRADS)
     for k0 in range(0, KK, BK):
-        k = k0 + tl.arange(0, BK)
-        km = k < KK
-        col = (k // (KS * KS)) * (H * H) + ((k // KS) % KS) * H + k % KS
+        k, km, col = _patch_columns(k0, KK, KS, H, BK)
         acc = tl.full([OCP, BK], 0.0, tl.float32)
         for r0 in range(0, R, BR):
-            r = r0 + tl.arange(0, BR)
-            rm = r < R
-            bi = r // (HP * HP)
-            py = (r // HP) % HP
-            px = r % HP
-            base = _row_base(idx_ptr, bi, rm, FROM_IMAGES, CIN * H * H)
+            r, rm, bi, window = _patch_rows(r0, R, idx_ptr, FROM_IMAGES, CIN, H, HP, S, BR)
             gi = bi[:, None] * (OC * HP * HP) + oc[None, :] * (HP * HP) + (r % (HP * HP))[:, None]
             gm = rm[:, None] & ocm[None, :]
             g = tl.load(g_ptr + gi, mask=gm, other=0.0)
@@ -292,7 +293,7 @@ def _conv_weight_grad(src_ptr, idx_ptr, g_ptr, arg_ptr, w_ptr, b_ptr, gw_ptr, gb
             if POOL:
                 am = tl.load(arg_ptr + gi, mask=gm, other=0).to(tl.int32)
             for off in tl.static_range(S * S):
-                origin = base + (py * S + off // 2) * H + px * S + off % 2
+                origin = window + (off // 2) * H + off % 2
                 a = tl.load(src_ptr + origin[:, None] + col[None, :], mask=rm[:, None] & km[None, :], other=0.0)
                 acc = tl.dot(tl.trans(tl.where(am == off, g, 0.0)), a, acc, input_precision=PREC)
         _update(w_ptr, gw_ptr, s1w, s2w, oc[:, None] * KK + k[None, :], ocm[:, None] & km[None, :], acc,
