@@ -109,7 +109,7 @@ def mnist_workload(models: int):
 # ---------------------------------------------------------------------------------------------------------
 
 ARCHITECTURES = {"cnn_s_1ch": ("cnn", 1, 28), "cnn_s_3ch": ("cnn", 3, 28), "cnn_m": ("cnn_m", 3, 32)}
-INT64_ARGS = {"labels", "idx", "seeds", "step_ptr", "correct", "tensors"}
+INT64_ARGS = {"labels", "idx", "keys", "step_ptr", "correct", "tensors"}
 
 
 def compile_sm90(args) -> None:
@@ -120,7 +120,7 @@ def compile_sm90(args) -> None:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from modelzoos.architectures import build_model
+    from modelzoos.architectures import get_architecture
     from modelzoos.kernels import cnn_step
     from modelzoos.kernels.fused import NUM_STAGES, plan
 
@@ -128,7 +128,7 @@ def compile_sm90(args) -> None:
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     rows = []
     for name, (arch, channels, size) in ARCHITECTURES.items():
-        specs = build_model(arch, in_channels=channels).specs
+        specs = get_architecture(arch).layers
         for block_rows, block_k, warps, registers in CONFIGS:
             consts = plan(specs, channels, size, 10, 10, "gelu", "adam", True, block_rows=block_rows,
                           block_k=block_k).constants | {"STORE_GRADS": 0}
@@ -160,23 +160,24 @@ def compile_sm90(args) -> None:
 
 
 def _compile(job: tuple) -> tuple[str, float]:
-    """Build and run one fused step of the group ``job`` describes (on 16 random images), compiling its kernel."""
-    from modelzoos.architectures import build_model
+    """Build and run one fused step of the group ``job`` describes (on 16 random images), compiling its kernel;
+    the config's dropout > 0 compiles the variant with masks."""
+    from modelzoos.architectures import get_architecture
     from modelzoos.kernels.fused import FusedStep
-    from modelzoos.population import PopulationCNN, _groups
+    from modelzoos.population import PopulationCNN, initial_groups
 
-    arch, channels, size, config, dropout, block_rows, block_k, num_warps, registers, zoo = job
+    arch, channels, size, config, block_rows, block_k, num_warps, registers, zoo = job
     dev = torch.device(DEVICE)
     start = time.perf_counter()
-    (g,) = _groups(zoo, [config], dev)
-    net = PopulationCNN(build_model(arch, in_channels=channels), config.activation)
+    (g,) = initial_groups(zoo, [config], dev)
+    net = PopulationCNN(get_architecture(arch).layers, config.activation)
     images, labels = torch.randn(16, channels, size, size, device=dev), torch.zeros(16, dtype=torch.int64, device=dev)
-    step = FusedStep(g, net, images, labels, config.batch_size, dropout, block_rows=block_rows, block_k=block_k,
+    step = FusedStep(g, net, images, labels, config.batch_size, block_rows=block_rows, block_k=block_k,
                      num_warps=num_warps, max_registers=registers)
-    step(torch.zeros(1, config.batch_size, dtype=torch.int64, device=dev), torch.zeros((), dtype=torch.int64,
-                                                                                      device=dev))
+    step(torch.zeros(1, config.batch_size, dtype=torch.int64, device=dev), g.seeds,
+         torch.zeros((), dtype=torch.int64, device=dev))
     sync()
-    return f"{arch} {channels}×{size} {config.activation}/{config.optimizer} dropout={dropout} " \
+    return f"{arch} {channels}×{size} {config.activation}/{config.optimizer} dropout={config.dropout} " \
            f"tiles {block_rows}/{block_k} warps {num_warps} registers {registers}", time.perf_counter() - start
 
 
@@ -189,10 +190,10 @@ def warm(args) -> None:
         for c in configs:
             groups.setdefault((c.activation, c.optimizer), []).append(c)
         shape = data.train.images.shape
-        jobs += [(zoo.architecture, shape[1], shape[-1], cs[0], any(c.dropout > 0 for c in cs), fused.BLOCK_ROWS,
-                  fused.BLOCK_K, fused.NUM_WARPS, None, zoo) for cs in groups.values()]
+        jobs += [(zoo.architecture, shape[1], shape[-1], replace(cs[0], dropout=max(c.dropout for c in cs)),
+                  fused.BLOCK_ROWS, fused.BLOCK_K, fused.NUM_WARPS, None, zoo) for cs in groups.values()]
     zoo, configs, _ = mnist_workload(1)
-    jobs += [("cnn", 1, 28, configs[0], False, *cfg, zoo) for cfg in CONFIGS]
+    jobs += [("cnn", 1, 28, configs[0], *cfg, zoo) for cfg in CONFIGS]
     start = time.perf_counter()
     ctx = torch.multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1), mp_context=ctx) as pool:
@@ -254,7 +255,7 @@ def sync() -> None:
 
 
 def device_name() -> str:
-    return device_name() if DEVICE == "cuda" else DEVICE
+    return torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE
 
 
 def timed(fn) -> float:
@@ -268,9 +269,9 @@ def timed(fn) -> float:
 def steps(args) -> None:
     from engines import TRAIN_FLOP
 
-    from modelzoos.architectures import build_model
+    from modelzoos.architectures import CNN_S
     from modelzoos.kernels.fused import FusedStep
-    from modelzoos.population import PopulationCNN, _evaluate, _groups, _Steps
+    from modelzoos.population import PopulationCNN, evaluate, initial_groups, zoo_steps
     from modelzoos.training import numerics
 
     dev = torch.device(DEVICE)
@@ -283,30 +284,30 @@ def steps(args) -> None:
     print("| models | engine | ms per step | model-steps/s | TFLOP/s | first epoch s |", flush=True)
     print("|---:|---|---:|---:|---:|---:|", flush=True)
     for m in args.models:
-        (g,) = _groups(zoo, configs[:m], dev)
-        net = PopulationCNN(build_model("cnn", in_channels=1), g.configs[0].activation)
+        (g,) = initial_groups(zoo, configs[:m], dev)
+        net = PopulationCNN(CNN_S, g.activation, bool(numerics(dev)["channels_last"]))
         for kernels in ("torch", "fused"):
-            st = with_kernels(kernels, _Steps, g, net, images, labels, bs, 0, True)
+            st = zoo_steps(g, net, images, labels, bs, True, kernels)
             first = timed(lambda: st.epoch(1))  # noqa: B023
             ms = 1e3 * timed(lambda: st.epoch(2)) / args.steps  # noqa: B023
             rows.append({"models": m, "kernels": kernels, "ms_per_step": ms, "first_epoch_s": first})
             print(f"| {m} | {kernels} | {ms:.3f} | {m * 1e3 / ms:,.0f} | {m * bs * TRAIN_FLOP / ms / 1e9:.2f} | "
                   f"{first:.1f} |", flush=True)
     params = {k: v.detach() for k, v in g.params.items()}
-    result["eval_s_val"] = timed(lambda: _evaluate(net, params, data.val, dev))
+    result["eval_s_val"] = timed(lambda: evaluate(net, params, data.val, dev))
     result["rows"] = rows
     sweep = []
     idx = torch.randint(0, n, (g.m, bs), device=dev)
     done = torch.zeros((), dtype=torch.int64, device=dev)
     for block_rows, block_k, warps, registers in CONFIGS:
-        step = FusedStep(g, net, images, labels, bs, False, block_rows=block_rows, block_k=block_k, num_warps=warps,
+        step = FusedStep(g, net, images, labels, bs, block_rows=block_rows, block_k=block_k, num_warps=warps,
                          max_registers=registers)
-        step(idx, done)
-        replay = lambda: step(idx, done)  # noqa: E731, B023
+        step(idx, g.seeds, done)
+        replay = lambda: step(idx, g.seeds, done)  # noqa: E731, B023
         if DEVICE == "cuda":
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                step(idx, done)
+                step(idx, g.seeds, done)
             replay = graph.replay
         ms = 1e3 * timed(lambda: [replay() for _ in range(args.steps)]) / args.steps  # noqa: B023
         sweep.append({"block_rows": block_rows, "block_k": block_k, "num_warps": warps, "max_registers": registers,
@@ -327,16 +328,16 @@ def profile(args) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from modelzoos.architectures import build_model
-    from modelzoos.population import PopulationCNN, _groups, _Steps
+    from modelzoos.architectures import CNN_S
+    from modelzoos.population import PopulationCNN, initial_groups, zoo_steps
 
     dev = torch.device(DEVICE)
     zoo, configs, data = mnist_workload(args.models)
     bs = configs[0].batch_size
     images, labels = data.train.images[: 10 * bs].to(dev), data.train.labels[: 10 * bs].to(dev)
-    (g,) = _groups(zoo, configs, dev)
-    net = PopulationCNN(build_model("cnn", in_channels=1), g.configs[0].activation)
-    st = with_kernels("fused", _Steps, g, net, images, labels, bs, 0, False)
+    (g,) = initial_groups(zoo, configs, dev)
+    net = PopulationCNN(CNN_S, g.activation)
+    st = zoo_steps(g, net, images, labels, bs, False, "fused")
     st.epoch(1)
     with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
         st.epoch(2)
@@ -355,7 +356,7 @@ def zoo(args) -> None:
 
     from modelzoos.catalogue import get_zoo
     from modelzoos.data import load_image_data
-    from modelzoos.export import generate
+    from modelzoos.generate import generate
     from modelzoos.training import numerics
 
     start = time.perf_counter()

@@ -381,6 +381,15 @@ class GroupSteps:
             return losses.detach(), (logits.argmax(2) == y).sum(1)
 
 
+def zoo_steps(g: Group, net: PopulationCNN, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+              cuda_graphs: bool, kernels: str) -> GroupSteps:
+    """The training steps of a zoo group: its ``data_order`` and ``model_keys``, and the step that
+    ``MODELZOOS_KERNELS=kernels`` picks (``KERNEL_STEPS``)."""
+    fused = KERNEL_STEPS[kernels]
+    return GroupSteps(g, net.forward, images, labels, batch_size, cuda_graphs, data_order(g, labels.numel()),
+                      keys=model_keys(g), kernel=None if fused is None else fused()(g, net, images, labels, batch_size))
+
+
 def train_population(zoo: Zoo, configs: list[ModelConfig], data: ImageData, device: str | torch.device = "cpu",
                      resume: Resume | None = None, stop: int | None = None,
                      cuda_graphs: bool = True) -> Iterator[EpochResult]:
@@ -401,10 +410,7 @@ def train_population(zoo: Zoo, configs: list[ModelConfig], data: ImageData, devi
     flags = numerics(device)
     nets = [PopulationCNN(layers, g.activation, flags["channels_last"]) for g in groups]
     images, labels = data.train.images.to(device), data.train.labels.to(device)
-    n, bs = labels.numel(), configs[0].batch_size
-    fused = KERNEL_STEPS[flags["kernels"]]
-    steppers = [GroupSteps(g, net.forward, images, labels, bs, cuda_graphs, data_order(g, n), keys=model_keys(g),
-                           kernel=None if fused is None else fused()(g, net, images, labels, bs))
+    steppers = [zoo_steps(g, net, images, labels, configs[0].batch_size, cuda_graphs, flags["kernels"])
                 for g, net in zip(groups, nets, strict=True)]
 
     def record(epoch: int, train_metrics: list[tuple[torch.Tensor, torch.Tensor]] | None) -> EpochResult:

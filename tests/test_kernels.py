@@ -2,9 +2,11 @@
 
 Tiny sizes (2 models, batches of 3 and 2, CNN-s on 20×20 and CNN-m on 22×22 inputs, the smallest each layer
 table takes) keep the interpreter within seconds per case. Each step is compared from identical starting
-points: logits, losses, correct counts and gradients against autograd's; the updated weights and optimizer
-state against ``population.adam_step`` / ``sgd_step`` applied to the kernel's own gradients (Adam divides
-by √v + 1e-8, which magnifies the float32 noise of gradients near 1e-9 far beyond the rest).
+points: logits, losses, correct counts and gradients against autograd's through the engine's forward with the
+models' epoch keys (``population.model_keys`` of epoch 2: one model's key has a lane, so its dropout masks are
+not its seed's); the updated weights and optimizer state against ``optimizers.OPTIMIZERS``' step applied to the
+kernel's own gradients (Adam divides by √v + 1e-8, which magnifies the float32 noise of gradients near 1e-9 far
+beyond the rest). The generate test runs the whole engine both ways.
 """
 
 import json
@@ -18,9 +20,11 @@ from fakedata import write_mnist
 
 from modelzoos.architectures import ACTIVATIONS, CNN_M, CNN_S, ConvNet
 from modelzoos.catalogue import ModelConfig, get_zoo
-from modelzoos.export import ZooFileError, generate
+from modelzoos.export import ZooFileError
+from modelzoos.generate import generate
 from modelzoos.kernels import FusedStep, KernelError
-from modelzoos.population import Group, PopulationCNN, adam_step, make_groups, sgd_step, torch_step
+from modelzoos.optimizers import OPTIMIZERS
+from modelzoos.population import Group, PopulationCNN, make_groups, model_keys
 from modelzoos.training import numerics
 
 pytest.importorskip("triton")
@@ -73,9 +77,10 @@ def close(actual: torch.Tensor, expected: torch.Tensor, what: str, rel: float = 
 
 
 def make_group(specs, channels: int, size: int, activation: str, optimizer: str, dropout: bool) -> Group:
-    """Two models with their own seed, learning rate, weight decay and dropout probability."""
-    configs = [ModelConfig(i, 7 + i, "kaiming_uniform", activation, optimizer, lr, wd, p, 3, 1, "constant")
-               for i, (lr, wd, p) in enumerate([(1e-3, 0.0, 0.0), (3e-4, 1e-3, 0.5 if dropout else 0.0)])]
+    """Two models with their own seed, init class, learning rate, weight decay and dropout probability."""
+    configs = [ModelConfig(i, 7 + i, init, activation, optimizer, lr, wd, p, 3, 1, "constant")
+               for i, (init, lr, wd, p) in enumerate([("kaiming_uniform", 1e-3, 0.0, 0.0),
+                                                      ("normal", 3e-4, 1e-3, 0.5 if dropout else 0.0)])]
 
     def params_of(index):
         states = []
@@ -101,33 +106,34 @@ def test_fused_step_equals_the_torch_step(interpreter, one_thread, pooling_gap, 
                                           dropout):
     specs, channels, size = ARCHITECTURES[arch]
     g, fused_g, check_g = (make_group(specs, channels, size, activation, optimizer, dropout) for _ in range(3))
-    net = PopulationCNN(ConvNet(specs, channels, size, 10, activation, 0.0), activation)
+    net = PopulationCNN(specs, activation)
+    keys = model_keys(g)(2)  # epoch 2: the second model's key is in lane 1 (normal init), or 3 with dropout
+    assert (keys >> 32).tolist() == [0, 3 if dropout else 1]
     gen = torch.Generator().manual_seed(DATA_SEED)
     images, labels = torch.randn(12, channels, size, size, generator=gen), torch.randint(0, 10, (12,), generator=gen)
-    step = torch_step(g, net, images, labels, 3, dropout)
-    fused = FusedStep(fused_g, net, images, labels, 3, dropout, store_grads=True, **TILES)
-    update = adam_step if optimizer == "adam" else sgd_step
+    fused = FusedStep(fused_g, net, images, labels, 3, store_grads=True, **TILES)
+    update = OPTIMIZERS[optimizer].step
     for done, b in ((4, 3), (5, 2)):  # a full batch, then a partial one; Adam state zero, then not
         copy_state(fused_g, g)
         copy_state(fused_g, check_g)
         idx = torch.randint(0, 12, (2, b), generator=gen)
         x, y = images[idx], labels[idx]
-        logits = net.forward(g.params, x, g.seeds if dropout else None, g.p, torch.tensor(done))
-        F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1).sum().backward()
+        logits = net.forward(g.params, x, keys, g.dropout, torch.tensor(done))
+        losses = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
+        losses.sum().backward()
         assert pooling_gap() > 1e-5
         grads = {k: v.grad for k, v in g.params.items()}
         for v in g.params.values():
             v.grad = None
-        losses, correct = step(idx, torch.tensor(done))
-        fused_losses, fused_correct = fused(idx, torch.tensor(done))
+        fused_losses, fused_correct = fused(idx, keys, torch.tensor(done))
         close(fused.logits[:, :b], logits.detach(), "logits")
-        close(fused_losses, losses, "losses")
-        assert torch.equal(fused_correct, correct)
+        close(fused_losses, losses.detach(), "losses")
+        assert torch.equal(fused_correct, (logits.argmax(2) == y).sum(1))
         for k, v in grads.items():
             close(fused.grads[k], v, f"{k}.grad")
         for k, v in check_g.params.items():
             v.grad = fused.grads[k].clone()
-        update(check_g, done + 1)
+        update(check_g.params, check_g.opt_state, check_g.lr, check_g.wd, done + 1)
         for k, v in check_g.params.items():
             close(fused_g.params[k], v, k)
         for k, v in check_g.opt_state.items():
@@ -137,9 +143,8 @@ def test_fused_step_equals_the_torch_step(interpreter, one_thread, pooling_gap, 
 def test_fused_needs_the_interpreter_on_the_cpu(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     g = make_group(CNN_S, 1, 20, "relu", "sgd", False)
-    net = PopulationCNN(ConvNet(CNN_S, 1, 20, 10, "relu", 0.0), "relu")
     with pytest.raises(KernelError, match="TRITON_INTERPRET=1"):
-        FusedStep(g, net, torch.zeros(4, 1, 20, 20), torch.zeros(4, dtype=torch.int64), 2, False)
+        FusedStep(g, PopulationCNN(CNN_S, "relu"), torch.zeros(4, 1, 20, 20), torch.zeros(4, dtype=torch.int64), 2)
 
 
 def test_the_switch_takes_named_values(monkeypatch):
@@ -153,7 +158,8 @@ def test_the_switch_takes_named_values(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_mnist(tmp_path_factory):
-    """A 2-model MNIST-shaped zoo (one with dropout 0.5) on 4 fake train images: one step of 4 per epoch."""
+    """A 2-model MNIST-shaped zoo (kaiming_normal init: keys in lane 1, ``randomness.model_key``, so the dropout
+    masks are not the seed's; dropout 0 and 0.5) on 4 fake train images: one step of 4 per epoch."""
     root = tmp_path_factory.mktemp("mnist")
     write_mnist(root / "data", n_train=30, n_test=12)
     (root / "tiny.toml").write_text(textwrap.dedent("""
@@ -163,7 +169,7 @@ def tiny_mnist(tmp_path_factory):
         [data]
         train_size = 4
         [grid]
-        init = ["kaiming_uniform"]
+        init = ["kaiming_normal"]
         dropout = [0.0, 0.5]
         [seeds]
         range = [1, 1]
@@ -188,10 +194,11 @@ def test_generate_with_fused_kernels_writes_the_same_zoo(interpreter, one_thread
     unfinished = tmp_path / "unfinished"
     shutil.copytree(plain.path, unfinished)
     (unfinished / "metadata.parquet").unlink()
-    with pytest.raises(ZooFileError, match="numerics"):
+    with pytest.raises(ZooFileError, match=r"numerics\.kernels \(the run has MODELZOOS_KERNELS=torch, this process "
+                                           r"fused"):
         generate(zoo, unfinished, epochs=1, data_root=root / "data", progress=False)
     monkeypatch.delenv("MODELZOOS_KERNELS")
     info = json.loads((unfinished / "zoo.json").read_text())
     del info["numerics"]["kernels"]
     (unfinished / "zoo.json").write_text(json.dumps(info))
-    assert len(generate(zoo, unfinished, epochs=1, data_root=root / "data", progress=False)) == 4
+    assert len(generate(zoo, unfinished, epochs=1, data_root=root / "data", progress=False)) == len(plain)

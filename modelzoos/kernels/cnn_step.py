@@ -16,7 +16,8 @@ TF32 is switched on): forward rows = pooled output positions (b, y, x), one prod
 the max taken on the fly; weight gradients = products of the unpooled output gradient with the same
 input patches; input gradients = products of the unpooled, flipped output gradient with the weights.
 Every ``tl.dot`` operand is padded to ≥ 16 per dimension. Dropout masks come from the same hash as
-``randomness.uniform`` with the element indexing of ``PopulationCNN._dropout``; activations and their
+``randomness.uniform`` keyed by the models' epoch keys (``randomness.model_key``) with the element indexing of
+``population.dropout``; activations and their
 derivatives are torch's formulas (tanh: Cephes' float32 form, as the interpreter has no libdevice).
 
 Flags are ints (0/1); ``ACT``: 0 tanh, 1 sigmoid, 2 relu, 3 gelu (exact); ``OPT``: 0 Adam, 1 SGD.
@@ -44,23 +45,28 @@ def _fmix(h):
 
 
 @triton.jit
-def _dropout_key(seed_ptr, step_ptr, MIX: tl.constexpr):
-    """Hash state after (seed, stream, step) of randomness.random_bits; ``MIX`` = stream · 0x632BE5AB mod 2³²."""
-    h = _fmix(tl.load(seed_ptr).to(tl.uint32) ^ 0x9E3779B9)
+def _dropout_key(key_ptr, step_ptr, MIX: tl.constexpr):
+    """Hash state after (key, stream, step) of randomness.random_bits; the int64 key is a model's
+    ``randomness.model_key`` (seed in the low 32 bits, lane above; lane 0 hashes as the plain seed);
+    ``MIX`` = stream · 0x632BE5AB mod 2³²."""
+    key = tl.load(key_ptr)
+    h = _fmix(key.to(tl.uint32) ^ 0x9E3779B9)  # the low 32 bits
+    lane = (key >> 32).to(tl.uint32)
+    h = tl.where(lane == 0, h, _fmix(h + lane * 0x165667B1))
     h = _fmix(h + tl.full((), MIX, tl.uint32))
     return _fmix(h + tl.load(step_ptr).to(tl.uint32))
 
 
 @triton.jit
 def _keep(key, index):
-    """randomness.uniform(seed, stream, step, index) for int element indices: 24-bit floats in [0, 1)."""
+    """randomness.uniform(key, stream, step, index) for int element indices: 24-bit floats in [0, 1)."""
     bits = _fmix(key + index.to(tl.uint32) * 0x27D4EB2F)
     return (bits >> 8).to(tl.float32) * (1.0 / 16777216.0)
 
 
 @triton.jit
 def _dropout(x, key, index, p, DROP: tl.constexpr):
-    """Inverted dropout x · keep / (1 − p) of PopulationCNN._dropout (also its backward: same mask)."""
+    """Inverted dropout x · keep / (1 − p) of population.dropout (also its backward: same mask)."""
     if DROP:
         x = x * (_keep(key, index) >= p).to(tl.float32) / (1.0 - p)
     return x
@@ -397,7 +403,7 @@ def _layer(table, layer: tl.constexpr, m, NW: tl.constexpr, NB: tl.constexpr):
 
 @triton.jit
 def train_step_kernel(
-        images, labels, idx, seeds, drop_p, lrs, wds, bc2_ptr, step_ptr, tensors,
+        images, labels, idx, keys, drop_p, lrs, wds, bc2_ptr, step_ptr, tensors,
         scratch, argmax, loss, correct, logits, B,
         C0: tl.constexpr, H0: tl.constexpr,
         K1: tl.constexpr, C1: tl.constexpr, P1: tl.constexpr, D1: tl.constexpr, C1P: tl.constexpr,
@@ -429,10 +435,10 @@ def train_step_kernel(
     lr = tl.load(lrs + m)
     wd = tl.load(wds + m)
     bc2 = tl.load(bc2_ptr)
-    key1 = _dropout_key(seeds + m, step_ptr, MIX1) if D1 else 0
-    key2 = _dropout_key(seeds + m, step_ptr, MIX2) if D2 else 0
-    key3 = _dropout_key(seeds + m, step_ptr, MIX3) if D3 else 0
-    key4 = _dropout_key(seeds + m, step_ptr, MIX4) if D4 else 0
+    key1 = _dropout_key(keys + m, step_ptr, MIX1) if D1 else 0
+    key2 = _dropout_key(keys + m, step_ptr, MIX2) if D2 else 0
+    key3 = _dropout_key(keys + m, step_ptr, MIX3) if D3 else 0
+    key4 = _dropout_key(keys + m, step_ptr, MIX4) if D4 else 0
 
     w, b, _, _, _, _, _, _ = _layer(tensors, 0, m, C1 * C0 * K1 * K1, C1)
     _conv_forward(images, idx, w, b, sc, sc + N1, am, key1, p, B, 1, C0, H0, K1, C1, P1, D1, ACT, C1P, BK1, BR, PREC)

@@ -1,7 +1,8 @@
 """The fused training step (``MODELZOOS_KERNELS=fused``): one Triton launch per step for a group of models.
 
 ``fused_step`` is the population engine's ``KernelStep`` factory for the switch value ``fused``
-(``population.TRAIN_STEPS``): same inputs, same results as ``population.torch_step`` to float32 rounding
+(``population.KERNEL_STEPS``): the same step as ``population.GroupSteps``' PyTorch one (same data order, same
+dropout masks from the models' ``randomness.model_key``, same update formulas) to float32 rounding
 (tests/test_kernels.py, in Triton's interpreter). ``plan`` turns a LayerSpec table into the kernel's
 compile-time sizes; the kernel itself is ``cnn_step.train_step_kernel``.
 
@@ -121,7 +122,7 @@ class FusedStep:
     """
 
     def __init__(self, g: Group, net: PopulationCNN, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                 dropout: bool, store_grads: bool = False, block_rows: int = BLOCK_ROWS, block_k: int = BLOCK_K,
+                 store_grads: bool = False, block_rows: int = BLOCK_ROWS, block_k: int = BLOCK_K,
                  num_warps: int = NUM_WARPS, max_registers: int | None = None) -> None:
         dev = images.device
         self.kernel = kernel_module(dev).train_step_kernel
@@ -129,7 +130,7 @@ class FusedStep:
         config = g.configs[0]
         classes = g.params[f"{net.specs[-1].name}.weight"].shape[1]
         self.plan = plan(net.specs, images.shape[1], images.shape[-1], classes, batch_size, config.activation,
-                         config.optimizer, dropout, bool(numerics(dev)["tf32"]), block_rows, block_k)
+                         config.optimizer, g.dropout is not None, bool(numerics(dev)["tf32"]), block_rows, block_k)
         self.launch = {"num_warps": num_warps, "num_stages": NUM_STAGES}
         if max_registers is not None:  # per thread (ptxas spills above): more programs per multiprocessor
             self.launch["maxnreg"] = max_registers
@@ -153,20 +154,21 @@ class FusedStep:
             raise KernelError("the fused kernels need contiguous float32 parameters and optimizer state")
         self.tensors = torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64, device=dev)
 
-    def __call__(self, idx: torch.Tensor, done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, idx: torch.Tensor, keys: torch.Tensor, done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step on batch ``idx`` [M, b] with the epoch's keys int64 [M] after ``done`` optimizer steps."""
         g = self.g
         if self.adam:
             bc1, bc2 = adam_corrections(done + 1, g.lr.device)
             torch.div(g.lr, bc1, out=self.lr)
             self.bc2.copy_(bc2)
         self.kernel[(g.m,)](
-            self.images, self.labels, idx.contiguous(), g.seeds, g.p, self.lr if self.adam else g.lr, g.wd,
+            self.images, self.labels, idx.contiguous(), keys, g.p, self.lr if self.adam else g.lr, g.wd,
             self.bc2, done, self.tensors, self.scratch, self.argmax, self.losses, self.correct, self.logits,
             idx.shape[1], **self.plan.constants, STORE_GRADS=int(self.store_grads), **self.launch)
         return self.losses, self.correct
 
 
-def fused_step(g: Group, net: PopulationCNN, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-               dropout: bool) -> KernelStep:
-    """``population.TRAIN_STEPS["fused"]``: the group's step through ``FusedStep``."""
-    return FusedStep(g, net, images, labels, batch_size, dropout)
+def fused_step(g: Group, net: PopulationCNN, images: torch.Tensor, labels: torch.Tensor,
+               batch_size: int) -> KernelStep:
+    """``population.KERNEL_STEPS["fused"]``: the group's step through ``FusedStep``."""
+    return FusedStep(g, net, images, labels, batch_size)
