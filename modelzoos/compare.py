@@ -60,7 +60,7 @@ from modelzoos.export import HYPERPARAMETERS, ZooDir, differences
 from modelzoos.files import atomic_write, write_json, write_text
 from modelzoos.loading import WEIGHTS, config_info, load_zoo
 from modelzoos.repository import SPLITS
-from modelzoos.training import METRICS
+from modelzoos.training import METRICS, numerics_setting
 
 ALPHA = 0.05  # family-wise error rate over all tests of one comparison (Holm)
 MIN_MODELS = 5  # fewer values on a side: too few models to tell
@@ -519,7 +519,7 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 def _describe_side(side: dict) -> str:
     where = f"`{side['path']}`" if side["kind"] == "zoo directory" else f"`{side['repo']}` config `{side['config']}`"
     run = (f", engine {side['engine']} (chunks of {side['chunk_size']}), device {side['device']}, numerics "
-           + ", ".join(f"{k}={int(v)}" for k, v in (side.get("numerics") or {}).items())
+           + ", ".join(f"{k}={numerics_setting(k, v)}" for k, v in (side.get("numerics") or {}).items())
            if side["kind"] == "zoo directory" else "")
     return (f"**{side['label']}**: {side['kind']} {where}: zoo {side['zoo']}, {side['models']} models, epochs "
             f"{_ranges(side['epochs'])}{run}")
