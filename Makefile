@@ -22,6 +22,9 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) builders/load_back.py $(OUT)/hub digits_cnn_seed
 	HF_HUB_OFFLINE=1 $(VENV)/bin/modelzoos bench digits_cnn_seed --repo $(OUT)/hub --baselines stats,weights,hyperrep \
 		--threads 1 --out $(OUT)/bench
+	@echo "demo done. The zoo directory: $(abspath $(OUT))/digits_cnn_seed; the repository folder: $(abspath $(OUT))/hub \
+	(load_zoo(\"$(abspath $(OUT))/hub\", \"digits_cnn_seed\")); the benchmark: $(abspath $(OUT))/bench/results.md, \
+	results.json and the figure $(abspath $(OUT))/bench/bench.png"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -28,7 +28,7 @@ from modelzoos.data import ImageData, Split, load_image_data
 from modelzoos.population import train_population
 from modelzoos.training import numerics, train_reference
 
-# CNN-s FLOP per image (protocol §14): forward 0.388 MFLOP, forward + backward 0.93 MFLOP
+# CNN-s FLOP per image (from its layer shapes): forward 0.388 MFLOP, forward + backward 0.93 MFLOP
 TRAIN_FLOP, EVAL_FLOP = 0.93e6, 0.388e6
 
 

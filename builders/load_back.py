@@ -2,43 +2,43 @@
 
     python builders/load_back.py demo/hub digits_cnn_seed
 
-Runs ``datasets.load_dataset`` on the folder (offline), rebuilds the best last-epoch model of the test
-split as a torch module and checks it reproduces its recorded test accuracy on the zoo's image data.
+Every line printed after ``>>>`` is exactly what runs (pasted into ``python`` in this order, the lines run
+as shown): load the test split through ``load_zoo`` (datasets, cached by the folder's contents), pick the
+best model of the last epoch, rebuild it as a torch module and check it reproduces its recorded test
+accuracy on the zoo's image data. Exit code 1 when it does not.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 
-def main(repo: str, config: str) -> int:
-    from modelzoos.loading import build_module, config_info, evaluate_row, load_zoo
-
-    path = str(Path(repo).resolve())
-    lines = [
-        "from modelzoos.loading import load_zoo  # datasets.load_dataset, cached by the folder's contents",
-        f'ds = load_zoo("{path}", "{config}", split="test")',
-        f'last = load_zoo("{path}", "{config}", split="test", filters=[("epoch", "==", EPOCH)])',
+def transcript(repo: str, config: str) -> list[str]:
+    """The lines of the session, with the repository folder and config filled in."""
+    r, c = json.dumps(repo), json.dumps(config)
+    return [
+        "from modelzoos.loading import build_module, config_info, evaluate_row, load_zoo",
+        f'ds = load_zoo({r}, {c}, split="test")  # datasets.load_dataset, cached by the folder\'s contents',
+        "ds",
+        f'last = load_zoo({r}, {c}, split="test", filters=[("epoch", "==", max(ds["epoch"]))])',
+        'row = max(last.with_format("numpy"), key=lambda r: r["test_acc"])  # the best model of the last epoch',
+        f"info = config_info({r}, {c})",
+        "model = build_module(row, info)",
+        "model",
+        "loss, acc = evaluate_row(row, info)  # test loss and accuracy on the zoo's image data",
+        "print(f\"model {row['model_id']}, epoch {row['epoch']}: recorded test_acc {row['test_acc']:.4f}, "
+        "rebuilt module {acc:.4f}\")",
     ]
-    print("\n".join(">>> " + line for line in lines[:2]))
-    ds = load_zoo(path, config, split="test")
-    print(ds)
-    epoch = max(ds["epoch"])
-    print(">>> " + lines[2].replace("EPOCH", str(epoch)))
-    last = load_zoo(path, config, split="test", filters=[("epoch", "==", epoch)])
-    best = max(range(len(last)), key=lambda i: last[i]["test_acc"])
-    row = last.with_format("numpy")[best]
-    print(">>> from modelzoos.loading import build_module, config_info, evaluate_row")
-    print(f'>>> info = config_info("{path}", "{config}")')
-    info = config_info(path, config)
-    print(">>> model = build_module(row, info)")
-    print(build_module(row, info))
-    print(">>> evaluate_row(row, info)  # (test loss, test accuracy) on the zoo's image data")
-    _, acc = evaluate_row(row, info)
-    print(f"model {int(row['model_id'])}, epoch {epoch}: recorded test_acc {float(row['test_acc']):.4f}, "
-          f"rebuilt module {acc:.4f}")
-    return 0 if abs(acc - float(row["test_acc"])) < 1e-6 else 1
+
+
+def main(repo: str, config: str) -> int:
+    namespace: dict = {}
+    for line in transcript(str(Path(repo).resolve()), config):
+        print(">>> " + line, flush=True)
+        exec(compile(line, "<load_back>", "single"), namespace)  # "single": expressions echo as in the REPL
+    return 0 if abs(namespace["acc"] - float(namespace["row"]["test_acc"])) < 1e-6 else 1
 
 
 if __name__ == "__main__":

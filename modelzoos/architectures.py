@@ -1,22 +1,19 @@
-"""The three zoo architectures, their initialisation, and the flat weight layout.
+"""The three zoo architectures as torch networks, and their initialisation.
 
 Registry: ``ARCHITECTURES`` maps an architecture name (``cnn``, ``cnn_m``, ``resnet18``) to an
 ``Architecture`` entry: its builder ``(in_channels, num_classes, activation, dropout) -> nn.Module`` and what
 the rest of the package can do with it (default training engine, LayerSpec table for batched training and
-twins, residual links, neuron tokens); ``build_model`` is the one front door.
+twins, residual links, neuron tokens); ``build_model`` is the one front door. The shapes (LayerSpec tables)
+and the flat weight layout are torch-free data in ``modelzoos.layout`` (re-exported here).
 
-Parameter names are stable (``conv1.weight``, ``fc2.bias``, torchvision names for ResNet-18) and never
-depend on dropout: the original public CNN class shifted module indices when dropout > 0 (protocol §12.8).
-
-Protocol quirks kept on purpose (protocol §2, §12): pooling comes *before* the activation; every CNN
-has 10 logits; the init scheme overwrites every Conv2d/Linear weight and every bias becomes 0.01, also
-for ``uniform`` (U[0, 1)).
+Protocol quirks kept on purpose (docs/protocol.md, "Followed as published"): pooling comes *before* the
+activation; every CNN has 10 logits; the init scheme overwrites every Conv2d/Linear weight and every bias
+becomes 0.01, also for ``uniform`` (U[0, 1)).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +21,11 @@ import torchvision
 from torch import nn
 
 from modelzoos import randomness
+from modelzoos.catalogue import GRID_NAMES, check_registry
+from modelzoos.layout import CNN_M, CNN_S, INPUT_SIZE, LAYOUTS, Entry, LayerSpec, Layout
+
+__all__ = ["ACTIVATIONS", "ARCHITECTURES", "BIAS_INIT", "INITS", "Architecture", "ConvNet", "Entry", "KeyedDropout",
+           "LayerSpec", "Layout", "build_model", "get_architecture", "init_weights", "set_dropout_key"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
@@ -50,38 +52,6 @@ def _choice(kind: str, value: str, table: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # Networks
 # ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """One parameterised layer of a zoo CNN and what follows it.
-
-    Stage order is the original's: layer → [max-pool 2×2] → [activation] → [dropout].
-    """
-
-    name: str
-    kind: str  # "conv" (stride 1, no padding, with bias) | "linear" (flattens channel-major first)
-    out: int  # output channels / units; the last layer's ``out`` is replaced by num_classes
-    kernel: int = 0
-    pool: bool = False
-    act: bool = True
-    dropout: bool = True
-
-
-CNN_S = (
-    LayerSpec("conv1", "conv", 8, kernel=5, pool=True),
-    LayerSpec("conv2", "conv", 6, kernel=5, pool=True),
-    LayerSpec("conv3", "conv", 4, kernel=2, dropout=False),
-    LayerSpec("fc1", "linear", 20),
-    LayerSpec("fc2", "linear", 10, act=False, dropout=False),
-)
-CNN_M = (
-    LayerSpec("conv1", "conv", 16, kernel=3, pool=True),
-    LayerSpec("conv2", "conv", 32, kernel=3, pool=True),
-    LayerSpec("conv3", "conv", 15, kernel=3, pool=True),
-    LayerSpec("fc1", "linear", 20),
-    LayerSpec("fc2", "linear", 10, act=False, dropout=False),
-)
 
 
 class KeyedDropout(nn.Module):
@@ -152,13 +122,13 @@ class ConvNet(nn.Module):
 def small_cnn(in_channels: int = 1, num_classes: int = 10, activation: str = "tanh",
               dropout: float = 0.0) -> ConvNet:
     """CNN-s for c×28×28 inputs: 2,464 parameters (c=1) or 2,864 (c=3)."""
-    return ConvNet(CNN_S, in_channels, 28, num_classes, activation, dropout)
+    return ConvNet(CNN_S, in_channels, INPUT_SIZE["cnn"], num_classes, activation, dropout)
 
 
 def medium_cnn(in_channels: int = 3, num_classes: int = 10, activation: str = "tanh",
                dropout: float = 0.0) -> ConvNet:
     """CNN-m for 3×32×32 inputs: 10,853 parameters."""
-    return ConvNet(CNN_M, in_channels, 32, num_classes, activation, dropout)
+    return ConvNet(CNN_M, in_channels, INPUT_SIZE["cnn_m"], num_classes, activation, dropout)
 
 
 def resnet18(in_channels: int = 3, num_classes: int = 10, activation: str = "relu",
@@ -193,6 +163,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     # compute-bound steps at batch 128-256: one model at a time (BENCHMARKS.md, ResNet-18)
     "resnet18": Architecture(resnet18, "reference", residual=True, neuron_tokens=False),
 }
+check_registry("architectures.ARCHITECTURES", ARCHITECTURES, tuple(LAYOUTS))
+check_registry("architectures.INITS", INITS, GRID_NAMES["init"])
+check_registry("architectures.ACTIVATIONS", ACTIVATIONS, GRID_NAMES["activation"])
 
 
 def get_architecture(name: str) -> Architecture:
@@ -234,104 +207,3 @@ def build_model(architecture: str, *, in_channels: int, num_classes: int = 10, a
         if init is not None:
             init_weights(model, init)
     return model
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Flat layout
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One tensor of a network inside the flat float32 vector: ``flat[offset : offset + numel]``."""
-
-    name: str
-    shape: tuple[int, ...]
-    offset: int
-    kind: str  # "parameter" | "buffer"
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Ordered state-dict entries of a network and their place in the flat vector.
-
-    Order is the state-dict order (per layer: weight, then bias; protocol §2.4's ``index_dict``).
-    Floating-point buffers (BatchNorm running mean/var) follow the parameters of their layer and are
-    part of the vector; integer buffers (``num_batches_tracked``) are not stored.
-    """
-
-    entries: tuple[Entry, ...]
-
-    @classmethod
-    def of(cls, model: nn.Module) -> Layout:
-        params = {name for name, _ in model.named_parameters()}
-        entries, offset = [], 0
-        for name, tensor in model.state_dict().items():
-            if not tensor.is_floating_point():
-                continue
-            kind = "parameter" if name in params else "buffer"
-            entries.append(Entry(name, tuple(tensor.shape), offset, kind))
-            offset += tensor.numel()
-        return cls(tuple(entries))
-
-    @property
-    def size(self) -> int:
-        """Length D of the flat vector (parameters and float buffers)."""
-        last = self.entries[-1]
-        return last.offset + last.numel
-
-    @property
-    def num_parameters(self) -> int:
-        return sum(e.numel for e in self.entries if e.kind == "parameter")
-
-    def subset(self, names: Iterable[str]) -> Layout:
-        """The layout of the entries named ``names`` only, in this layout's order, packed from offset 0."""
-        keep, entries, offset = set(names), [], 0
-        for e in self.entries:
-            if e.name in keep:
-                entries.append(Entry(e.name, e.shape, offset, e.kind))
-                offset += e.numel
-        return Layout(tuple(entries))
-
-    def parameters(self) -> Layout:
-        """The layout of the parameters (no buffers): where optimizer states sit in their flat vectors."""
-        return self.subset(e.name for e in self.entries if e.kind == "parameter")
-
-    def __getitem__(self, name: str) -> Entry:
-        for entry in self.entries:
-            if entry.name == name:
-                return entry
-        raise KeyError(f"no tensor {name!r} in layout; names: {', '.join(e.name for e in self.entries)}")
-
-    def flatten(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
-        """State dict → flat float32 vector [D] (or [..., D] for stacked states with leading dims)."""
-        missing = [e.name for e in self.entries if e.name not in state]
-        if missing:
-            raise KeyError(f"state dict lacks {missing}")
-        lead = state[self.entries[0].name].shape[: -len(self.entries[0].shape) or None]
-        return torch.cat([state[e.name].reshape(*lead, e.numel).float() for e in self.entries], dim=-1)
-
-    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Flat vector [..., D] → state dict of views shaped [..., *shape]."""
-        if flat.shape[-1] != self.size:
-            raise ValueError(f"flat vector has length {flat.shape[-1]}, layout expects {self.size}")
-        lead = flat.shape[:-1]
-        return {e.name: flat[..., e.offset : e.offset + e.numel].reshape(*lead, *e.shape) for e in self.entries}
-
-    def load_into(self, model: nn.Module, flat: torch.Tensor) -> nn.Module:
-        """Copy a flat vector [D] into ``model`` (which must have this layout)."""
-        if Layout.of(model) != self:
-            raise ValueError("model does not have this layout")
-        model.load_state_dict(self.unflatten(flat), strict=False)
-        return model
-
-    def to_json(self) -> list[dict]:
-        return [{"name": e.name, "shape": list(e.shape), "offset": e.offset, "kind": e.kind} for e in self.entries]
-
-    @classmethod
-    def from_json(cls, rows: list[dict]) -> Layout:
-        return cls(tuple(Entry(r["name"], tuple(r["shape"]), int(r["offset"]), r["kind"]) for r in rows))

@@ -1,8 +1,10 @@
 """The dataset card (README.md of a repository folder): rendering it from the configs present, and merging it
 with the card already on the Hub.
 
-``render(repo, repo_id)`` builds the card from the templates in ``cards/`` (a YAML header listing every config,
-a body with one section per config) and ``write(repo)`` stores it; ``merge(local, remote, configs)`` is what
+``render(repo, repo_id)`` builds the card (a YAML header listing every config, a body with one section per
+config) from the templates in ``modelzoos/cards/``: package data, read through ``importlib.resources``, so an
+installed wheel has them (the source tree's top-level ``cards/`` is a link to that folder). ``write(repo)``
+stores it; ``merge(local, remote, configs)`` is what
 ``modelzoos.hub`` publishes when it pushes some configs into a repository that may hold others. A config's
 section of the body is wrapped in markers, which ``merge`` keeps or replaces as a whole::
 
@@ -17,12 +19,12 @@ import json
 import re
 import string
 from collections.abc import Iterable
+from importlib.resources import files
 from pathlib import Path
 
 import yaml
 
 from modelzoos.files import write_text
-from modelzoos.optimizers import OPTIMIZERS
 from modelzoos.repository import (
     README,
     SPLITS,
@@ -33,9 +35,8 @@ from modelzoos.repository import (
     read_configs,
     split_card,
 )
-from modelzoos.twins import METHODS
 
-CARDS_DIR = Path(__file__).resolve().parent.parent / "cards"
+CARDS = files("modelzoos") / "cards"  # the card templates (package data)
 CITATION = """@inproceedings{schurholt2022modelzoos,
   title     = {Model Zoos: A Dataset of Diverse Populations of Neural Network Models},
   author    = {Sch{\\"u}rholt, Konstantin and Taskiran, Diyar and Knyazev, Boris and Gir{\\'o}-i-Nieto, Xavier and Borth, Damian},
@@ -69,16 +70,29 @@ COLUMN_DOCS = {
     "sparsity": "sparsified twins only: zeroed conv + linear weights ÷ all conv + linear weights (biases excluded)",
     "trial": "imported configs only: the model's trial folder in the original release",
 }
+# What the card says about each optimizer (optimizers.OPTIMIZERS) and twin method (twins.METHODS)
+OPTIMIZER_TEXT = {
+    "adam": "Adam (coupled L2 weight decay)",
+    "sgd": "SGD with momentum 0.9 (coupled L2 weight decay; OneCycle cycles the momentum 0.95↔0.85)",
+}
+TWIN_TEXT = {
+    "vd": "variational dropout (Molchanov et al. 2017, arXiv 1701.05369) as the original twins: per-weight "
+          "log σ² initialised to −10, local reparameterisation, KL weight min(1, 0.01·e/25), weights with "
+          "log α ≥ 3 zeroed",
+    "mp": "gradual global magnitude pruning (Zhu & Gupta 2017, arXiv 1710.01878) to 80 % of the conv + linear "
+          "weights on a cubic schedule over 20 epochs, then 5 epochs of fine-tuning; our settings (the original "
+          "published none)",
+}
 SCHEDULES = {"constant": "constant learning rate",
              "onecycle": "OneCycle, stepped per batch (the `lr` column is its peak `max_lr`)"}
 _SECTION = re.compile(r"<!-- config:([a-z0-9][a-z0-9_]*) start -->.*?<!-- config:\1 end -->", re.S)
 
 
 def _template(name: str) -> string.Template:
-    path = CARDS_DIR / name
+    path = CARDS / name
     if not path.is_file():
-        raise FileNotFoundError(f"card template {path} is missing (the cards/ folder of the modelzoos source tree)")
-    return string.Template(path.read_text())
+        raise FileNotFoundError(f"card template {path} is missing from the modelzoos package: reinstall modelzoos")
+    return string.Template(path.read_text(encoding="utf-8"))
 
 
 def size_category(rows: int) -> str:
@@ -122,7 +136,7 @@ def _twins_section(twins: dict | None) -> str:
         return ""
     src = twins["source_run"]["zoo"]["name"]
     return (f"**Sparsified twins** of `{src}`: every model's state after epoch {twins['source_epoch']} trained "
-            f"for 25 more epochs with {METHODS[twins['method']].description}. Epoch 0 is the dense source model (its "
+            f"for 25 more epochs with {TWIN_TEXT[twins['method']]}. Epoch 0 is the dense source model (its "
             "accuracy equals the source's final one), epochs 1–25 the sparse model after each epoch; column "
             "`sparsity` per row. Settings (also under `twins` in `zoo.json`): "
             f"`{json.dumps(twins['settings'], ensure_ascii=False)}`.\n")
@@ -211,7 +225,7 @@ def _config_section(cfg: ConfigInfo, repo_id: str) -> str:
         classes=str(zoo.num_classes),
         grid_table=_md_table(["axis", "values"], [[a, _fmt(v)] for a, v in zoo.grid.items()]),
         seeds=_seeds_rule(zoo.seeds, cfg.imported is not None),
-        optimizer="; ".join(OPTIMIZERS[o].description for o in zoo.grid["optimizer"]),
+        optimizer="; ".join(OPTIMIZER_TEXT[o] for o in zoo.grid["optimizer"]),
         batch_size=str(zoo.batch_size),
         epochs_protocol=str(zoo.epochs),
         schedule=SCHEDULES.get(zoo.schedule, zoo.schedule),
@@ -257,7 +271,7 @@ def render(repo: Path, repo_id: str | None = None) -> str:
     text = header + "\n" + body
     meta, _ = split_card(text)
     if [c["config_name"] for c in meta["configs"]] != list(configs):  # the template must keep the YAML intact
-        raise RuntimeError(f"the card templates in {CARDS_DIR} produced a YAML header that does not list the configs")
+        raise RuntimeError(f"the card templates in {CARDS} produced a YAML header that does not list the configs")
     return text
 
 

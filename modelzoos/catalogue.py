@@ -10,38 +10,62 @@ replicate axis outermost, each axis in the order written in the spec. The replic
 ``seeds = {range = [a, b]}`` uses a..b (the seed zoos' 1..1000, Hyp-10-fix's 1..10);
 ``seeds = {random = R, low = 0, high = 1000000, draw_seed = S}`` gives every model its own seed
 drawn with ``numpy.random.default_rng(S).integers(low, high, size=n_models)`` (Hyp-10-rand, where the
-original let Ray Tune draw a fresh seed for every trial, protocol §5.3).
+original let Ray Tune draw a fresh seed for every trial; docs/protocol.md). ``Zoo.models()`` enumerates
+lazily: the first models of a zoo of millions cost no more than those of a small one.
+
+Specs are read without torch: the architectures' shapes come from ``modelzoos.layout``, the datasets and
+recipes from ``modelzoos.recipes``, and the names of the registries that implement inits, activations and
+optimizers from ``GRID_NAMES`` (each registry checks at import that it holds exactly these names).
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
-import itertools
 import math
 import re
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 
-from modelzoos import architectures
-from modelzoos.data import DATASETS, DataRecipe, dataset_info
-from modelzoos.optimizers import OPTIMIZERS
+from modelzoos.layout import LAYOUTS, Layout
+from modelzoos.recipes import DATASETS, DataRecipe, dataset_info
 
 SPEC_DIR = Path(__file__).parent / "zoos"
 CONFIGS = ("seed", "hyp_rand", "hyp_fix")
 SCHEDULES = ("constant", "onecycle")
 GRID_AXES = ("init", "activation", "optimizer", "lr", "weight_decay", "dropout")
-TWIN_EPOCHS = 25  # sparsified twins: 25 epochs per model (protocol §8)
+TWIN_EPOCHS = 25  # sparsified twins: 25 epochs per model, as the original twins
+# What every model state records (metadata.parquet, the published rows): losses are mean cross-entropy in
+# nats, accuracies fractions in [0, 1]; NaN where the zoo has no such split.
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+# The names a spec may use on these grid axes: exactly the keys of the registries that implement them
+# (architectures.INITS and ACTIVATIONS, optimizers.OPTIMIZERS; ``check_registry`` at their import).
+GRID_NAMES = {"init": ("uniform", "normal", "kaiming_uniform", "kaiming_normal"),
+              "activation": ("tanh", "sigmoid", "relu", "gelu"), "optimizer": ("adam", "sgd")}
+# Bounds that keep a spec's numbers meaningful: seeds are hashed as 32-bit numbers (modelzoos.randomness)
+MAX_SEED = 2**32 - 1
+MAX_MODELS = 10**8  # models per zoo (the published zoos have at most 5,000)
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 2**20
 # zoo names, which are also the config names of a published repository (and its folder names under data/)
 NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 
 class SpecError(ValueError):
     """A zoo spec (name or file) is invalid; the message names the file, the field and the fix."""
+
+
+def check_registry(registry: str, table: Mapping, names: tuple[str, ...]) -> None:
+    """RuntimeError unless the registry ``table`` holds exactly ``names`` (in order): the catalogue reads specs
+    with these names without importing the registry."""
+    if tuple(table) != tuple(names):
+        raise RuntimeError(f"{registry} holds {tuple(table)}, the catalogue declares {tuple(names)}: update both")
 
 
 def check_name(name: object, origin: str) -> str:
@@ -84,7 +108,7 @@ class Zoo:
     schedule: str
     grid: dict[str, tuple]  # axis name → values, in GRID_AXES order
     seeds: dict  # {"range": [a, b]} or {"random": R, "low": .., "high": .., "draw_seed": ..}
-    paper_counts_epoch0: bool = True  # the paper counts ResNet states without epoch 0 (protocol §1.1)
+    paper_counts_epoch0: bool = True  # the paper counts ResNet states without epoch 0
     source: str = ""  # the original experiment directory
     notes: tuple[str, ...] = ()  # documented deviations and clarifications
     path: str = field(default="", compare=False)
@@ -128,24 +152,13 @@ class Zoo:
         return self.layout.num_parameters
 
     @property
-    def layout(self) -> architectures.Layout:
-        return _layout(self.architecture, self.in_channels, self.num_classes)
+    def layout(self) -> Layout:
+        return LAYOUTS[self.architecture](self.in_channels, self.num_classes)
 
     # -- models -----------------------------------------------------------------------------------------
-    def models(self) -> list[ModelConfig]:
-        """Every model of the zoo, in model_id order (see the module docstring)."""
-        axes = [self.grid[a] for a in GRID_AXES]
-        combos = list(itertools.product(range(self.replicates), *axes))
-        if "range" in self.seeds:
-            seeds = [self.seeds["range"][0] + r for r, *_ in combos]
-        else:
-            rng = np.random.default_rng(self.seeds["draw_seed"])
-            seeds = rng.integers(self.seeds["low"], self.seeds["high"], size=len(combos)).tolist()
-        return [
-            ModelConfig(i, int(seed), init, act, opt, float(lr), float(wd), float(p), self.batch_size,
-                        self.epochs, self.schedule)
-            for i, (seed, (_, init, act, opt, lr, wd, p)) in enumerate(zip(seeds, combos, strict=True))
-        ]
+    def models(self) -> Models:
+        """Every model of the zoo, in model_id order (see the module docstring), as a lazy sequence."""
+        return Models(self)
 
     def summary(self) -> dict:
         """The catalogue row of ``modelzoos zoos --json``."""
@@ -172,11 +185,60 @@ class Zoo:
         return _parse(dict(raw), origin)
 
 
-@cache
-def _layout(architecture: str, in_channels: int, num_classes: int) -> architectures.Layout:
-    model = architectures.build_model(architecture, in_channels=in_channels, num_classes=num_classes,
-                                      activation="relu")
-    return architectures.Layout.of(model)
+class Models(Sequence[ModelConfig]):
+    """The models of a zoo in model_id order, each computed when asked for: ``models[i]``, ``models[:n]``
+    (a list), ``len(models)``; the enumeration of the module docstring, replicate axis outermost."""
+
+    def __init__(self, zoo: Zoo) -> None:
+        self.zoo = zoo
+        self._axes = [zoo.grid[a] for a in GRID_AXES]
+        self._drawn = np.empty(0, dtype=np.int64)  # the random seeds drawn so far (a prefix of the draw)
+
+    def __len__(self) -> int:
+        return self.zoo.num_models
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Models):
+            return self.zoo == other.zoo
+        return isinstance(other, list | tuple) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<{len(self):,} models of zoo {self.zoo.name}>"
+
+    @overload
+    def __getitem__(self, index: int) -> ModelConfig: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ModelConfig]: ...
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            ids = range(len(self))[index]
+            self._seeds(max(ids, default=-1) + 1)
+            return [self._model(i) for i in ids]
+        i = range(len(self))[index]  # IndexError out of range, negative indices from the end
+        self._seeds(i + 1)
+        return self._model(i)
+
+    def _seeds(self, n: int) -> None:
+        """Draw the first ``n`` random seeds (a prefix of numpy's draw of all of them: same values)."""
+        seeds = self.zoo.seeds
+        if "random" in seeds and n > len(self._drawn):
+            rng = np.random.default_rng(seeds["draw_seed"])
+            self._drawn = rng.integers(seeds["low"], seeds["high"], size=n)
+
+    def _model(self, i: int) -> ModelConfig:
+        zoo, rest = self.zoo, i
+        values = []
+        for axis in reversed(self._axes):  # mixed radix: the last axis varies fastest
+            rest, k = divmod(rest, len(axis))
+            values.append(axis[k])
+        init, act, opt, lr, wd, p = reversed(values)
+        seed = zoo.seeds["range"][0] + rest if "range" in zoo.seeds else int(self._drawn[i])
+        return ModelConfig(i, int(seed), init, act, opt, float(lr), float(wd), float(p), zoo.batch_size, zoo.epochs,
+                           zoo.schedule)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -189,6 +251,10 @@ _FIELDS = {"name", "description", "dataset", "architecture", "config", "data", "
 
 def _fail(origin: str, msg: str) -> SpecError:
     return SpecError(f"{origin}: {msg}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _parse(raw: dict, origin: str) -> Zoo:
@@ -206,22 +272,33 @@ def _parse(raw: dict, origin: str) -> Zoo:
     if raw.get("dataset", data.dataset) != data.dataset:
         raise _fail(origin, f"dataset {raw['dataset']!r} differs from data.dataset {data.dataset!r}")
     arch = raw["architecture"]
-    if arch not in architectures.ARCHITECTURES:
-        raise _fail(origin, f"architecture {arch!r} unknown; valid: {sorted(architectures.ARCHITECTURES)}")
-    for key in ("epochs", "batch_size"):
-        if not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 1:
-            raise _fail(origin, f"{key} must be a positive integer, got {raw[key]!r}")
+    if arch not in LAYOUTS:
+        raise _fail(origin, f"architecture {arch!r} unknown; valid: {sorted(LAYOUTS)}")
+    for key, bound in (("epochs", MAX_EPOCHS), ("batch_size", MAX_BATCH_SIZE)):
+        if not _is_int(raw[key]) or not 1 <= raw[key] <= bound:
+            raise _fail(origin, f"{key} must be an integer in 1..{bound:,}, got {raw[key]!r}")
+    for key in ("config", "description", "source"):
+        if not isinstance(raw.get(key, ""), str):
+            raise _fail(origin, f"{key} must be a string, got {raw[key]!r}")
+    notes = raw.get("notes", [])
+    if not isinstance(notes, list | tuple) or not all(isinstance(n, str) for n in notes):
+        raise _fail(origin, f"notes must be a list of strings (one per note), got {notes!r}")
     schedule = raw.get("schedule", "constant")
     if schedule not in SCHEDULES:
         raise _fail(origin, f"schedule {schedule!r} unknown; valid: {list(SCHEDULES)}")
     grid = _parse_grid(raw["grid"], origin)
     seeds = _parse_seeds(raw["seeds"], origin)
+    models = (seeds["range"][1] - seeds["range"][0] + 1 if "range" in seeds else seeds["random"]) * math.prod(
+        len(v) for v in grid.values())
+    if models > MAX_MODELS:
+        raise _fail(origin, f"{models:,} models (replicates × grid); at most {MAX_MODELS:,} per zoo: split the "
+                            "grid or the seeds over several zoos")
     return Zoo(
         name=name, description=raw.get("description", ""), dataset=data.dataset, architecture=arch,
         config=raw["config"], data=data, epochs=raw["epochs"], batch_size=raw["batch_size"],
         schedule=schedule, grid=grid, seeds=seeds,
         paper_counts_epoch0=bool(raw.get("paper_counts_epoch0", True)), source=raw.get("source", ""),
-        notes=tuple(raw.get("notes", ())), path=origin,
+        notes=tuple(notes), path=origin,
     )
 
 
@@ -229,15 +306,14 @@ def _parse_grid(grid: dict, origin: str) -> dict[str, tuple]:
     if not isinstance(grid, dict) or set(grid) != set(GRID_AXES):
         got = sorted(grid) if isinstance(grid, dict) else grid
         raise _fail(origin, f"[grid] must list exactly the axes {list(GRID_AXES)}, got {got}")
-    valid = {"init": architectures.INITS, "activation": architectures.ACTIVATIONS, "optimizer": OPTIMIZERS}
     out = {}
     for axis in GRID_AXES:
         values = grid[axis]
         if not isinstance(values, list) or not values:
             raise _fail(origin, f"grid.{axis} must be a non-empty list, got {values!r}")
         for v in values:
-            if axis in valid and v not in valid[axis]:
-                raise _fail(origin, f"grid.{axis} value {v!r} unknown; valid: {sorted(valid[axis])}")
+            if axis in GRID_NAMES and v not in GRID_NAMES[axis]:
+                raise _fail(origin, f"grid.{axis} value {v!r} unknown; valid: {sorted(GRID_NAMES[axis])}")
             if axis in ("lr", "weight_decay", "dropout"):
                 ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
                 if not ok or (axis == "lr" and v == 0) or (axis == "dropout" and v >= 1):
@@ -248,18 +324,17 @@ def _parse_grid(grid: dict, origin: str) -> dict[str, tuple]:
 
 
 def _parse_seeds(seeds: dict, origin: str) -> dict:
-    def is_int(v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
     if isinstance(seeds, dict) and set(seeds) == {"range"}:
         r = seeds["range"]
-        if isinstance(r, list) and len(r) == 2 and all(map(is_int, r)) and 0 <= r[0] <= r[1]:
+        if isinstance(r, list) and len(r) == 2 and all(map(_is_int, r)) and 0 <= r[0] <= r[1] <= MAX_SEED:
             return {"range": list(r)}
     if (isinstance(seeds, dict) and set(seeds) == {"random", "low", "high", "draw_seed"}
-            and all(map(is_int, seeds.values())) and seeds["random"] > 0 and 0 <= seeds["low"] < seeds["high"]):
+            and all(map(_is_int, seeds.values())) and 0 < seeds["random"] <= MAX_MODELS
+            and 0 <= seeds["low"] < seeds["high"] <= MAX_SEED + 1 and 0 <= seeds["draw_seed"] <= MAX_SEED):
         return dict(seeds)
-    raise _fail(origin, f"seeds {seeds!r} invalid; use {{range = [first, last]}} or "
-                        "{random = R, low = 0, high = 1000000, draw_seed = S}")
+    raise _fail(origin, f"seeds {seeds!r} invalid; use {{range = [first, last]}} with 0 <= first <= last <= "
+                        f"{MAX_SEED} or {{random = R, low = 0, high = 1000000, draw_seed = S}} with 1 <= R <= "
+                        f"{MAX_MODELS:,}, 0 <= low < high <= {MAX_SEED + 1} and 0 <= S <= {MAX_SEED}")
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -271,15 +346,46 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _read_spec(path: Path) -> dict:
+OWN_FIELDS = ("description", "source")  # what a spec never inherits through `extends`: they describe one zoo
+
+
+def _read_spec(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """The raw spec of the file ``path`` with its ``extends`` chain resolved (``chain``: the files that
+    extend it, to report a cycle)."""
+    path = path.resolve()
+    if path in chain:
+        raise SpecError(f"{chain[0]}: `extends` forms a cycle: {' → '.join(p.name for p in (*chain, path))}")
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"{path}: not valid TOML: {err}") from err
-    if "extends" in raw:
-        base = raw.pop("extends")
-        raw = _merge(_read_spec(_spec_path(base)), raw)
-    return raw
+    if "extends" not in raw:
+        return raw
+    base = raw.pop("extends")
+    inherited = _read_spec(_extends_path(base, path), (*chain, path))
+    for key in OWN_FIELDS:
+        inherited.pop(key, None)
+    if "description" not in raw:
+        changed = ", ".join(k for k in raw if k != "name") or "nothing else"
+        raw["description"] = f"derived from {inherited.get('name', base)} (own: {changed})"
+    return _merge(inherited, raw)
+
+
+def _extends_path(base: object, spec: Path) -> Path:
+    """The spec file that ``extends = base`` in ``spec`` names: a catalogue zoo, or a .toml file in the folder
+    of ``spec`` (never outside it)."""
+    if isinstance(base, str) and NAME.match(base):
+        return _spec_path(base)
+    if isinstance(base, str) and base.endswith(".toml"):
+        path = (spec.parent / base).resolve()
+        if path.parent != spec.parent:
+            raise SpecError(f"{spec}: extends = {base!r} points outside the folder {spec.parent}; use a catalogue "
+                            "zoo name or a .toml file in the same folder")
+        if not path.is_file():
+            raise SpecError(f"{spec}: extends = {base!r}: {path} does not exist")
+        return path
+    raise SpecError(f"{spec}: extends = {base!r} is neither a catalogue zoo name (`modelzoos zoos` lists them) nor "
+                    "a .toml file name in the same folder")
 
 
 def _spec_path(name: str) -> Path:
@@ -300,7 +406,7 @@ def unknown_zoo(name: str) -> SpecError:
 # ---------------------------------------------------------------------------------------------------------
 
 
-_ARCHS = tuple(architectures.ARCHITECTURES)
+_ARCHS = tuple(LAYOUTS)
 _GRAMMAR = re.compile(rf"^([a-z0-9]+)_({'|'.join(sorted(_ARCHS, key=len, reverse=True))})_({'|'.join(CONFIGS)})$")
 
 

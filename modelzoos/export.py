@@ -9,46 +9,56 @@ Format (docs/format.md)::
           epoch_<e>.safetensors      tensor "weights" float32 [models in chunk, D]; metrics in the metadata
           state.safetensors          resumable state after the last written epoch (removed when complete)
           complete.json              written when the chunk has all its epochs
+      manifest.json                  size and SHA-256 of every file above (written last, ``modelzoos.manifest``)
 
 Writing: a ``Producer`` (trained zoos: ``modelzoos.generate``; sparsified twins: ``modelzoos.twins``) says
 what its zoo.json holds (``describe``) and yields the ``EpochResult`` of every epoch of a chunk of models
-(``producer(chunk, resume)``). ``produce`` is the one orchestration: ``claim`` the directory (write zoo.json,
-or check it is this run), write every ``pending`` chunk through ``write_chunk`` (resuming from its state
-file), then ``finalize`` (metadata.parquet). A ``Backend`` decides where chunks are written: here
-(``LocalBackend``) or on a Ray cluster (``modelzoos.distributed.RayBackend``).
+(``producer(chunk, resume)``). ``produce`` is the one orchestration: lock the directory, ``claim`` it (write
+zoo.json, or check it is this run), write every ``pending`` chunk through ``write_chunk`` (resuming from its
+state file), then ``finalize`` (metadata.parquet, then manifest.json). A ``Backend`` decides where chunks are
+written: here (``LocalBackend``) or on a Ray cluster (``modelzoos.distributed.RayBackend``).
 
 Every file is written through ``modelzoos.files`` (temporary name, then rename), so no half-written file is
-ever visible under its final name. A killed run continues from the last ``state.safetensors`` of each
-chunk; epochs are deterministic, so the finished zoo is identical to an uninterrupted run.
+ever visible under its final name; safetensors files through ``modelzoos.tensorfile`` (deterministic bytes,
+a checksum of the data). A killed run continues from the last ``state.safetensors`` of each chunk; epochs
+are deterministic, so the finished zoo is byte for byte an uninterrupted run's. Running ``produce`` on a
+finished directory checks it against its manifest the cheap way (sizes, headers) and retrains the chunks
+of damaged files. This module needs no torch: only the producers train.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import platform
+import re
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from importlib.metadata import version
-from pathlib import Path
-from typing import Protocol
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from modelzoos.architectures import Layout
-from modelzoos.catalogue import ModelConfig, Zoo
-from modelzoos.data import ImageData
-from modelzoos.files import atomic_write, sweep_temporaries, write_json
-from modelzoos.training import LEGACY_NUMERICS, METRICS, NUMERICS_ENV, EpochResult, Resume, numerics, numerics_setting
+from modelzoos import manifest, tensorfile
+from modelzoos.catalogue import METRICS, ModelConfig, Zoo
+from modelzoos.files import atomic_write, check_ours, lock, sweep_temporaries, write_json
+from modelzoos.layout import Layout
+
+if TYPE_CHECKING:
+    from modelzoos.data import ImageData
+    from modelzoos.training import EpochResult, Resume
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 HYPERPARAMETERS = ("seed", "init", "activation", "optimizer", "lr", "weight_decay", "dropout", "batch_size",
@@ -81,6 +91,9 @@ STANDARD_KEYS = ("format_version", "run", "layout", "data", "versions", "device"
 LOCAL_KEYS = ("source_path",)  # machine-local entries of a section: not part of a run's identity
 
 
+WEIGHTS_FILE = re.compile(r"^weights/models_\d{6,}-\d{6,}/epoch_\d{3,}\.safetensors$")  # metadata's weights_file
+
+
 class ZooFileError(RuntimeError):
     """A file of a zoo directory is missing, corrupt or belongs to another run; the message says how to fix it."""
 
@@ -90,21 +103,23 @@ class ZooFileError(RuntimeError):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    atomic_write(path, lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, str(p), metadata))
+def write_safetensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
+    """Write an epoch or state file (``tensorfile.write``: deterministic bytes, checksummed data)."""
+    tensorfile.write(path, tensors, metadata)
 
 
-def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors and the metadata of a safetensors file; a damaged file raises ZooFileError naming it."""
+def _damaged(path: Path, err: Exception) -> ZooFileError:
+    return ZooFileError(f"{path} is corrupt or truncated ({err}). Fix: delete the chunk directory {path.parent} "
+                        "and run the same command again; only that chunk is redone.")
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """All tensors (numpy) and the metadata of a safetensors file, its checksum verified; a damaged file
+    raises ZooFileError naming it and the fix."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        return load_file(str(path)), meta
-    except (SafetensorError, OSError, ValueError) as err:
-        chunk = path.parent
-        raise ZooFileError(
-            f"{path} is corrupt or truncated ({err}). Fix: delete the chunk directory {chunk} and run the "
-            "same command again; only that chunk is redone.") from err
+        return tensorfile.read(path)
+    except (tensorfile.TensorFileError, OSError) as err:
+        raise _damaged(path, err) from err
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -124,7 +139,7 @@ class Run:
     optimizer_state: bool = False  # the epoch files also hold the optimizer state (``EpochResult.optimizer``)
 
     def configs(self) -> list[ModelConfig]:
-        return self.zoo.models()[: self.models]
+        return self.zoo.models()[: self.models]  # enumerates only these models (catalogue.Models)
 
     def chunks(self) -> list[list[ModelConfig]]:
         configs = self.configs()
@@ -145,6 +160,8 @@ def describe(run: Run, data: ImageData | None, device: str, **sections: dict) ->
 
     ``data`` None (an import: the models were trained elsewhere) records the recipe without sizes and hash.
     """
+    from modelzoos.training import numerics  # the producers train: torch is loaded where this runs
+
     split = None if data is None else {
         "train": data.train.labels.numel(), "val": 0 if data.val is None else data.val.labels.numel(),
         "test": data.test.labels.numel()}
@@ -154,7 +171,7 @@ def describe(run: Run, data: ImageData | None, device: str, **sections: dict) ->
         "layout": run.zoo.layout.to_json(),
         "data": {"recipe": run.zoo.data.to_dict(), "sizes": split, "sha256": None if data is None else data.sha256,
                  "num_classes": run.zoo.num_classes if data is None else data.num_classes},
-        "versions": {"modelzoos": version("modelzoos"), "torch": torch.__version__,
+        "versions": {"modelzoos": version("modelzoos"), "torch": version("torch"),
                      "python": platform.python_version()},
         "device": device,
         "numerics": numerics(device),
@@ -194,6 +211,8 @@ def claim(root: Path, info: dict) -> bool:
     A directory of another run (other ``identity``, or other numerics while unfinished) raises ZooFileError
     naming the fields that differ.
     """
+    from modelzoos.training import LEGACY_NUMERICS, NUMERICS_ENV, numerics_setting
+
     path = root / "zoo.json"
     info = json.loads(json.dumps(info))  # as stored (tuples become lists), so that it compares with the file
     if not path.exists():
@@ -236,6 +255,10 @@ def pending(root: Path, run: Run) -> list[list[ModelConfig]]:
 # ---------------------------------------------------------------------------------------------------------
 
 
+STATE = "state.safetensors"
+COMPLETE = "complete.json"
+
+
 def _save_epoch(cdir: Path, chunk: list[ModelConfig], result: EpochResult, optimizer_state: bool) -> None:
     """The epoch's file (``result.tensors()``, with ``optimizer_state`` also ``optimizer.<slot>`` and
     ``optimizer.step``, and the metrics), then the state to resume from after it."""
@@ -247,23 +270,25 @@ def _save_epoch(cdir: Path, chunk: list[ModelConfig], result: EpochResult, optim
             raise ValueError(f"{type(result).__name__} holds no optimizer state: this producer cannot store it")
         tensors |= {f"{OPTIMIZER_PREFIX}{k}": v for k, v in result.optimizer.items()}
     write_safetensors(epoch_path(cdir, result.epoch), tensors, meta)
-    write_safetensors(cdir / "state.safetensors", result.state, {"epoch": str(result.epoch)})
+    write_safetensors(cdir / STATE, result.state, {"epoch": str(result.epoch)})
 
 
 def _resume_point(cdir: Path, epochs: Sequence[int]) -> Resume | None:
-    path = cdir / "state.safetensors"
+    path = cdir / STATE
     if not path.exists():
         return None
+    import torch  # a producer is training: torch is loaded
+
     state, meta = read_safetensors(path)
     epoch = int(meta["epoch"])
     for e in (e for e in epochs if e <= epoch):
         if not epoch_path(cdir, e).exists():
             raise ZooFileError(f"{epoch_path(cdir, e)} is missing although {path} says epoch {epoch} is done. "
                                f"Fix: delete the chunk directory {cdir} and rerun the same command.")
-    return epoch, state
+    return epoch, {k: torch.from_numpy(v) for k, v in state.items()}
 
 
-ChunkTrainer = Callable[[list[ModelConfig], Resume | None], Iterable[EpochResult]]
+ChunkTrainer = Callable[[list[ModelConfig], "Resume | None"], Iterable["EpochResult"]]
 
 
 def write_chunk(root: Path, chunk: list[ModelConfig], run: Run, train: Callable[[Resume | None],
@@ -272,7 +297,7 @@ def write_chunk(root: Path, chunk: list[ModelConfig], run: Run, train: Callable[
     ``resume`` is read from its state file (None: from scratch). A writer thread saves epoch e while epoch e + 1
     trains; ``bar`` advances once an epoch's files are written. A crash loses at most the epochs not yet saved."""
     cdir, epochs = chunk_dir(root, chunk), run.stored_epochs()
-    if (cdir / "complete.json").exists():
+    if (cdir / COMPLETE).exists():
         return
     if cdir.exists():
         sweep_temporaries(cdir)
@@ -292,13 +317,15 @@ def write_chunk(root: Path, chunk: list[ModelConfig], run: Run, train: Callable[
             wait(saving)  # one save in flight: bounded memory, files in epoch order
             saving = writer.submit(_save_epoch, cdir, chunk, result, run.optimizer_state)
         wait(saving)
-    write_json(cdir / "complete.json", {"models": [c.model_id for c in chunk], "epochs": run.epochs})
-    (cdir / "state.safetensors").unlink(missing_ok=True)
+    write_json(cdir / COMPLETE, {"models": [c.model_id for c in chunk], "epochs": run.epochs})
+    (cdir / STATE).unlink(missing_ok=True)  # a kill right before this: finalize removes it
 
 
 def finalize(root: Path, run: Run, schema: pa.Schema = METADATA_SCHEMA,
              extra_metadata: dict[str, str] | None = None) -> None:
-    """Assemble metadata.parquet from the epoch files of all chunks (the zoo's completion mark).
+    """Assemble metadata.parquet from the epoch files of all chunks (the zoo's completion mark), then write
+    manifest.json. Each epoch file is streamed once (bounded memory: ``tensorfile.scan``), its checksum
+    verified; leftovers of killed runs (state files of complete chunks, temporary files) are removed.
 
     ``schema``: METADATA_SCHEMA, or it plus per-state metric columns that the epoch files' metrics hold
     (twins: ``sparsity``); ``extra_metadata`` joins the Parquet schema metadata. A state whose entry in the
@@ -306,26 +333,37 @@ def finalize(root: Path, run: Run, schema: pa.Schema = METADATA_SCHEMA,
     """
     sweep_temporaries(root)
     extra_columns = [f.name for f in schema if f.name not in METADATA_SCHEMA.names]
-    rows = []
+    rows, files = [], {}
     for chunk in run.chunks():
         cdir = chunk_dir(root, chunk)
-        if not (cdir / "complete.json").exists():
+        if not (cdir / COMPLETE).exists():
             raise ZooFileError(f"chunk {cdir} is not complete; rerun the same command")
+        sweep_temporaries(cdir)
+        (cdir / STATE).unlink(missing_ok=True)
+        files |= manifest.record(root, [cdir / COMPLETE])
         for epoch in run.stored_epochs():
             path = epoch_path(cdir, epoch)
-            tensors, meta = read_safetensors(path)
-            weights = tensors["weights"]
+            finite: list[bool] = []
+
+            def visit(name: str, block: np.ndarray, finite: list[bool] = finite) -> None:
+                if name == "weights":
+                    finite.extend(np.isfinite(block).all(axis=1).tolist())
+
+            try:
+                meta, digest = tensorfile.scan(path, visit)
+            except (tensorfile.TensorFileError, OSError) as err:
+                raise _damaged(path, err) from err
+            rel = path.relative_to(root).as_posix()
+            files[rel] = {"size": path.stat().st_size, "sha256": digest}
             metrics = json.loads(meta["metrics"])
             present = metrics.get("present", [True] * len(chunk))
-            finite = torch.isfinite(weights).all(dim=1)
-            rel = path.relative_to(root).as_posix()
             for i, config in enumerate(chunk):
                 if not present[i]:
                     continue
                 row = {"zoo": run.zoo.name, "model_id": config.model_id, "epoch": epoch}
                 row |= {h: getattr(config, h) for h in HYPERPARAMETERS}
                 row |= {m: metrics[m][i] for m in (*METRICS, *extra_columns)}
-                row |= {"ggap": metrics["train_acc"][i] - metrics["test_acc"][i], "nonfinite": not bool(finite[i]),
+                row |= {"ggap": metrics["train_acc"][i] - metrics["test_acc"][i], "nonfinite": not finite[i],
                         "weights_file": rel, "weights_row": i}
                 rows.append(row)
     table = pa.Table.from_pylist(rows, schema=schema)
@@ -333,7 +371,46 @@ def finalize(root: Path, run: Run, schema: pa.Schema = METADATA_SCHEMA,
     spec = json.dumps(run.zoo.to_dict())
     table = table.replace_schema_metadata({"modelzoos.zoo": spec, "modelzoos.format_version": str(FORMAT_VERSION),
                                            **(extra_metadata or {})})
-    atomic_write(root / "metadata.parquet", lambda p: pq.write_table(table, p, compression="zstd"))
+    atomic_write(root / "metadata.parquet",
+                 lambda p: pq.write_table(table, p, compression="zstd", write_page_checksum=True))
+    manifest.write(root, files | manifest.record(root, [root / "zoo.json", root / "metadata.parquet"]))
+
+
+def _expected_files(root: Path, run: Run) -> list[str]:
+    """The files of the finished directory of ``run`` (relative paths), for a zoo without a manifest."""
+    out = ["zoo.json", "metadata.parquet"]
+    for chunk in run.chunks():
+        cdir = chunk_dir(root, chunk).relative_to(root).as_posix()
+        out += [f"{cdir}/{COMPLETE}"] + [f"{cdir}/epoch_{e:03d}.safetensors" for e in run.stored_epochs()]
+    return out
+
+
+def damaged_files(root: Path, run: Run) -> list[manifest.Damage]:
+    """The cheap check of a finished zoo directory: every file against manifest.json (sizes, headers, no data
+    read); without a manifest (a run killed just before writing it), every file ``run`` must have."""
+    files = manifest.read(root)
+    if files is None:
+        files = {name: {"size": (root / name).stat().st_size if (root / name).is_file() else -1, "sha256": ""}
+                 for name in _expected_files(root, run)}
+    return manifest.check(root, files)
+
+
+def _repair(root: Path, run: Run) -> bool:
+    """Prepare a finished directory whose cheap check fails (or that lacks its manifest) to be written again:
+    delete the chunks of damaged files, metadata.parquet and manifest.json, so that ``produce`` retrains
+    those chunks and finalizes. Returns False when the directory is intact."""
+    damaged = damaged_files(root, run)
+    if not damaged and (root / manifest.MANIFEST).is_file():
+        return False
+    chunks = {PurePosixPath(d.path).parts[:2] for d in damaged if d.path.startswith("weights/")}
+    if damaged:
+        log.warning("%s: %d damaged file(s):\n%s\nretraining %d chunk(s) and rewriting metadata.parquet",
+                    root, len(damaged), manifest.describe(root, damaged), len(chunks))
+    for parts in sorted(chunks):
+        shutil.rmtree(root.joinpath(*parts), ignore_errors=True)
+    (root / manifest.MANIFEST).unlink(missing_ok=True)
+    (root / "metadata.parquet").unlink(missing_ok=True)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -385,19 +462,22 @@ class LocalBackend:
 
 
 def produce(root: str | Path, producer: Producer, backend: Backend | None = None, progress: bool = True) -> ZooDir:
-    """Write ``producer``'s zoo into the directory ``root`` (resumable) and return it: claim, write every
-    pending chunk, finalize. A finished directory of the same run is returned as it is."""
+    """Write ``producer``'s zoo into the directory ``root`` (resumable) and return it: lock the directory,
+    claim it, write every pending chunk, finalize. A finished directory of the same run is checked the
+    cheap way (``damaged_files``) and returned as it is, or repaired: the chunks of damaged files are
+    retrained (a log warning names them). ``root`` must be new, empty or a zoo directory (``files.check_ours``);
+    FolderInUseError while another process writes it."""
     backend = backend or LocalBackend()
     root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise ZooFileError(f"{root} is a file, not a zoo directory; choose another --out")
-    with backend.session():
+    check_ours(root, "zoo.json", "zoo directory", "--out")
+    with lock(root, "--out"), backend.session():
+        check_ours(root, "zoo.json", "zoo directory", "--out")
         info = backend.describe(producer)
-        root.mkdir(parents=True, exist_ok=True)
-        if not claim(root, info):
-            backend.write(root, producer, pending(root, producer.run), progress)
-            finalize(root, producer.run, producer.schema,
-                     {f"modelzoos.{k}": json.dumps(info[k]) for k in producer.sections})
+        if claim(root, info) and not _repair(root, producer.run):
+            return ZooDir(root)
+        backend.write(root, producer, pending(root, producer.run), progress)
+        finalize(root, producer.run, producer.schema,
+                 {f"modelzoos.{k}": json.dumps(info[k]) for k in producer.sections})
     return ZooDir(root)
 
 
@@ -416,13 +496,21 @@ class ZooDir:
             raise ZooFileError(f"{self.path} is not a zoo directory (no zoo.json); make one with `modelzoos generate`")
         if not meta.exists():
             raise ZooFileError(f"{self.path} is incomplete (no metadata.parquet); rerun the command that wrote it")
-        self.info = json.loads((self.path / "zoo.json").read_text())
         try:
-            self.metadata: pd.DataFrame = pq.read_table(meta).to_pandas()
-        except (pa.ArrowInvalid, OSError) as err:
+            self.info = json.loads((self.path / "zoo.json").read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ZooFileError(f"{self.path / 'zoo.json'} is not valid JSON ({err}); the directory is damaged: "
+                               "generate it again") from err
+        try:
+            self.metadata: pd.DataFrame = pq.read_table(meta, page_checksum_verification=True).to_pandas()
+        except (pa.ArrowException, OSError) as err:
             raise ZooFileError(f"{meta} is corrupt ({err}); delete it and rerun the command that wrote it") from err
         self.layout = Layout.from_json(self.info["layout"])
         self.zoo = Zoo.from_dict(self.info["run"]["zoo"], str(self.path / "zoo.json"))
+        outside = sorted(f for f in self.metadata["weights_file"].unique() if not WEIGHTS_FILE.match(f))
+        if outside:  # paths read from our own files stay inside the directory
+            raise ZooFileError(f"{meta} points at weights files outside {self.path / 'weights'} ({outside[:3]}); "
+                               "the file is damaged or was not written by modelzoos: generate the zoo again")
 
     def __len__(self) -> int:
         return len(self.metadata)
@@ -460,8 +548,10 @@ class ZooDir:
             at = group.to_numpy()
             out[at] = self._file_rows(file, frame["weights_row"].to_numpy()[at].tolist(), tensor, out.shape[1])
 
-    def weights(self, rows: Iterable[int] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
-        """(metadata row index, float32 [D]) for each requested row (default all), one file at a time."""
+    def weights(self, rows: Iterable[int] | None = None) -> Iterator[tuple[int, Any]]:
+        """(metadata row index, torch float32 [D]) for each requested row (default all), one file at a time."""
+        import torch
+
         frame = self.metadata if rows is None else self.metadata.iloc[list(rows)]
         for file, group in frame.groupby("weights_file", sort=False):
             vectors = self._file_rows(file, group["weights_row"].astype(int).tolist(), "weights", self.layout.size)
@@ -474,23 +564,25 @@ class ZooDir:
             raise KeyError(f"no state for model {model_id} at epoch {epoch} in {self.path}")
         return int(hit[0])
 
-    def state(self, model_id: int, epoch: int) -> dict[str, torch.Tensor]:
-        """The state dict of one model state."""
+    def state(self, model_id: int, epoch: int) -> dict[str, Any]:
+        """The state dict (torch tensors) of one model state."""
         (_, flat), = self.weights([self._row(model_id, epoch)])
         return self.layout.unflatten(flat)
 
-    def optimizer_state(self, model_id: int, epoch: int) -> dict[str, dict[str, torch.Tensor] | int]:
+    def optimizer_state(self, model_id: int, epoch: int) -> dict[str, Any]:
         """The optimizer state of one model after ``epoch`` (zoos generated with ``--optimizer-state``):
-        ``{slot: {parameter name: tensor}}`` for the slots of the model's optimizer (Adam: ``exp_avg``,
+        ``{slot: {parameter name: torch tensor}}`` for the slots of the model's optimizer (Adam: ``exp_avg``,
         ``exp_avg_sq``; SGD: ``momentum_buffer``) and ``"step"``: the optimizer steps taken."""
+        import torch
+
         if not self.info["run"].get("optimizer_state"):
             raise ZooFileError(f"{self.path} holds no optimizer states: it was generated without --optimizer-state")
         row = self.metadata.iloc[self._row(model_id, epoch)]
         r, params = int(row.weights_row), self.layout.parameters()
-        with safe_open(str(self.path / row.weights_file), framework="pt") as f:
+        with safe_open(str(self.path / row.weights_file), framework="numpy") as f:
             names = [k for k in f.keys() if k.startswith(OPTIMIZER_PREFIX)]  # noqa: SIM118 (no __iter__)
             step = int(f.get_slice(f"{OPTIMIZER_PREFIX}step")[r : r + 1][0])
-        out: dict[str, dict[str, torch.Tensor] | int] = {}
+        out: dict[str, Any] = {}
         for name in names:
             if name == f"{OPTIMIZER_PREFIX}step":
                 continue

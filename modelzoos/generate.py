@@ -22,7 +22,7 @@ from modelzoos.data import DataRecipe, ImageData, load_image_data
 from modelzoos.distributed import RayBackend
 from modelzoos.export import METADATA_SCHEMA, Backend, LocalBackend, Run, ZooDir, describe, produce
 from modelzoos.population import train_population
-from modelzoos.training import EpochResult, Resume, train_reference_chunk
+from modelzoos.training import EpochResult, Resume, check_device, train_reference_chunk
 
 # Engine name → trainer of one chunk of models: (zoo, configs, data, device, resume, stop) → EpochResults.
 ENGINES: dict[str, Callable[..., Iterator[EpochResult]]] = {
@@ -96,13 +96,17 @@ def generate(zoo: Zoo, out: str | Path, *, models: int | None = None, epochs: in
     ``optimizer_state``: the epoch files also hold every model's optimizer state after the epoch (Adam moments,
     SGD momentum; docs/format.md); the default stores weights only.
 
-    Resumable: rerunning the same call after a crash continues where it stopped; a finished zoo is returned
-    as it is. ``backend="ray"`` trains one Ray task per chunk on the cluster at ``ray_address`` (None: a local
-    Ray instance); ``out`` must then be on a filesystem shared by all nodes (``modelzoos.distributed``).
+    Resumable: rerunning the same call after a crash continues where it stopped; a finished zoo is checked
+    (sizes, headers) and returned as it is, or its damaged chunks are retrained (``export.produce``).
+    ``backend="ray"`` trains one Ray task per chunk on the cluster at ``ray_address`` (None: a local Ray
+    instance); ``out`` must then be on a filesystem shared by all nodes (``modelzoos.distributed``). The
+    device is checked before anything is written (locally; Ray checks it on its workers).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
     run = plan(zoo, models, epochs, engine, chunk_size, optimizer_state)
+    if backend == "local":
+        check_device(device)
     root = Path(out).resolve() if backend == "ray" else Path(out)  # Ray workers have other working directories
     data_root = None if data_root is None else str(Path(data_root).expanduser().resolve())
     return produce(root, Training(run, device, data_root, download), BACKENDS[backend](ray_address, device), progress)

@@ -4,7 +4,8 @@
 per-parameter state tensors, under torch's names) and ``step`` (the batched update of the population engine
 and the twins). Both forms use coupled L2 weight decay (the gradient gets ``weight_decay · w``) and torch's
 defaults (Adam betas (0.9, 0.999), eps 1e-8; SGD momentum 0.9, no dampening, no Nesterov), so the engines
-agree to float rounding. A new optimizer is a new entry here (the catalogue validates zoo specs against it).
+agree to float rounding. A new optimizer is a new entry here, its name in ``catalogue.GRID_NAMES`` (zoo specs
+are validated against it without importing torch) and its sentence in ``card.OPTIMIZER_TEXT``.
 
 Batched form: parameters ``params[name]`` float32 [M, *shape] with their gradients in ``.grad``; state
 ``state[f"{name}.{slot}"]`` [M, *shape]; ``lr``, ``weight_decay`` float32 [M]; ``step`` the optimizer steps
@@ -17,6 +18,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
+
+from modelzoos.catalogue import GRID_NAMES, check_registry
 
 BETAS, EPS, MOMENTUM = (0.9, 0.999), 1e-8, 0.9  # torch.optim defaults used by the protocol
 
@@ -76,13 +79,12 @@ class Optimizer:
     torch: Callable[[Iterable[torch.Tensor], float, float], torch.optim.Optimizer]  # (params, lr, weight_decay)
     slots: tuple[str, ...]
     step: Callable[[Params, Params, torch.Tensor, torch.Tensor, int | torch.Tensor], None]
-    description: str  # for dataset cards
 
 
 OPTIMIZERS: dict[str, Optimizer] = {
     "adam": Optimizer(lambda params, lr, wd: torch.optim.Adam(params, lr=lr, weight_decay=wd),
-                      ("exp_avg", "exp_avg_sq"), adam_step, "Adam (coupled L2 weight decay)"),
+                      ("exp_avg", "exp_avg_sq"), adam_step),
     "sgd": Optimizer(lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, weight_decay=wd),
-                     ("momentum_buffer",), sgd_step,
-                     "SGD with momentum 0.9 (coupled L2 weight decay; OneCycle cycles the momentum 0.95↔0.85)"),
+                     ("momentum_buffer",), sgd_step),
 }
+check_registry("optimizers.OPTIMIZERS", OPTIMIZERS, GRID_NAMES["optimizer"])

@@ -1,18 +1,27 @@
 """``build_repo``: zoo directories → a dataset repository folder (the format: ``modelzoos.repository``).
 
 One config per zoo directory (config name = zoo name); configs already in the folder and not named are kept,
-a config built again is replaced; the card (``modelzoos.card``) is regenerated from every config present.
+a config built again is replaced; the card (``modelzoos.card``) is regenerated from every config present, and
+``manifest.json`` (``modelzoos.manifest``) lists the size and SHA-256 of every file build wrote, the files
+``hub.push`` publishes. The folder must be new, empty or one that build wrote (it holds manifest.json): a
+user's own files are never overwritten. One build at a time per folder (``files.lock``).
 
-Memory stays bounded by one row group (≤ ``ROW_GROUP_BYTES`` of vectors): rows are read from the zoo's
-safetensors files by slicing (only the bytes of the requested rows), assembled one row group at a time and
-handed to ``pyarrow.parquet.ParquetWriter``. Shard counts (the ``MMMMM`` of the file names) are planned
-from the row counts before anything is written; every file is written under a hidden temporary name and
-renamed into place once all shards of the config exist.
+Each zoo directory is checked against its manifest before it is read. Memory stays bounded by one row group
+(≤ ``ROW_GROUP_BYTES`` of vectors): rows are read from the zoo's safetensors files by slicing (only the bytes
+of the requested rows), assembled one row group at a time and handed to ``pyarrow.parquet.ParquetWriter``
+(page checksums on). Shard counts (the ``MMMMM`` of the file names) are planned from the row counts before
+anything is written. A config is written into a hidden folder beside its final one (``data/.<config>.<hex>.new``)
+and swapped in by two renames once complete, so readers never see new shards beside old ones; a build killed
+midway leaves hidden folders that the next build removes (restoring the old config if the kill fell between
+the two renames). torch is never imported.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +30,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from modelzoos import card
+from modelzoos import card, manifest
 from modelzoos.catalogue import check_name
-from modelzoos.export import ZooDir, section_record
-from modelzoos.files import commit, sweep_temporaries, temporary_path, write_json
+from modelzoos.export import ZooDir, ZooFileError, section_record
+from modelzoos.files import atomic_write, check_ours, lock, temporary_path, write_json
 from modelzoos.repository import (
+    DATA_DIR,
     MAX_FILE_BYTES,
     MIN_MODELS,
+    README,
     ROW_GROUP_BYTES,
     ConfigInfo,
     shard_name,
@@ -38,7 +49,8 @@ from modelzoos.repository import (
 SHARD_HEADROOM = 0.9  # shards are planned for 90 % of MAX_FILE_BYTES from the raw (uncompressed) row size
 ROW_OVERHEAD_BYTES = 256  # planned bytes per row for the metadata columns
 # writer options; each shard adds BYTE_STREAM_SPLIT for the leaves of its vector columns (``_write_shard``)
-PARQUET_OPTIONS = {"compression": "zstd", "write_page_index": True}
+PARQUET_OPTIONS = {"compression": "zstd", "write_page_index": True, "write_page_checksum": True}
+_STAGED = re.compile(r"^\.(?P<config>[a-z0-9][a-z0-9_]*)\.[0-9a-f]{32}\.(?P<kind>new|old)$")  # swap folders
 
 
 def plan_shards(rows: int, floats: int, *, row_group_bytes: int = ROW_GROUP_BYTES,
@@ -80,6 +92,7 @@ def _open_sources(zoo_dirs: list[Path]) -> list[_Source]:
     sources: dict[str, _Source] = {}
     for path in map(Path, zoo_dirs):
         zd = ZooDir(path)
+        _check_zoo_files(path)
         name = check_name(zd.zoo.name, str(path / "zoo.json"))
         zoos = set(zd.metadata["zoo"].unique())
         if zoos - {name}:
@@ -100,6 +113,22 @@ def _open_sources(zoo_dirs: list[Path]) -> list[_Source]:
                              "directory: pass only one of them")
         sources[name] = _Source(name, zd)
     return list(sources.values())
+
+
+def _check_zoo_files(path: Path) -> None:
+    """ZooFileError unless every file of the zoo directory has the size and SHA-256 of its manifest (damaged
+    weights would otherwise be published)."""
+    files = manifest.read(path)
+    if files is None:
+        raise ZooFileError(f"{path} has no manifest.json (it was finished before modelzoos recorded manifests, or "
+                           "its run was killed at the very end): rerun the command that wrote it (`modelzoos "
+                           "generate` or `twins` with the same arguments); it adds the manifest")
+    damaged = manifest.check(path, files, full=True)
+    if damaged:
+        chunks = sorted({str(path / Path(d.path).parent) for d in damaged if d.path.startswith("weights/")})
+        raise ZooFileError(f"{path}: {len(damaged)} file(s) differ from its manifest:\n"
+                           f"{manifest.describe(path, damaged)}\nFix: delete {', '.join(chunks) or 'metadata.parquet'} "
+                           "and rerun the command that wrote the zoo: it retrains only what is missing")
 
 
 def _config_info(src: _Source, splits: dict[str, list[int]], num_rows: dict[str, int]) -> ConfigInfo:
@@ -146,7 +175,8 @@ def _write_shard(path: Path, zd: ZooDir, info: ConfigInfo, schema: pa.Schema, ro
             start += size
 
 
-def _build_config(src: _Source, cdir: Path, *, row_group_bytes: int, max_file_bytes: int, progress: bool) -> None:
+def _build_config(src: _Source, data: Path, *, row_group_bytes: int, max_file_bytes: int, progress: bool) -> None:
+    """Write the config ``src.name`` into a hidden folder beside ``data/<config>`` and swap it in."""
     meta = src.zd.metadata
     splits = split_models(meta["model_id"])
     order = meta.sort_values(["model_id", "epoch"], kind="stable").index.to_numpy()
@@ -157,57 +187,85 @@ def _build_config(src: _Source, cdir: Path, *, row_group_bytes: int, max_file_by
     frame_columns = {f.name: meta[f.name].to_numpy() for f in info.scalar_columns}
     floats = sum(info.vectors.values())
 
-    created = not cdir.exists()
-    cdir.mkdir(parents=True, exist_ok=True)
-    sweep_temporaries(cdir)  # temporary files of an interrupted build
-    written: list[tuple[Path, Path]] = []
+    final = data / src.name
+    staged = temporary_path(final, ".new")
+    staged.mkdir(parents=True)
     try:
         with tqdm(total=len(meta), desc=src.name, unit="row", disable=not progress) as bar:
             for split, rows in split_rows.items():
                 plan = plan_shards(len(rows), floats, row_group_bytes=row_group_bytes, max_file_bytes=max_file_bytes)
                 start = 0
                 for i, groups in enumerate(plan):
-                    final = cdir / shard_name(split, i, len(plan))
-                    tmp = temporary_path(final)
-                    written.append((tmp, final))
-                    _write_shard(tmp, src.zd, info, schema, rows[start : start + sum(groups)], groups, frame_columns,
-                                 bar)
+                    part = rows[start : start + sum(groups)]
+                    atomic_write(staged / shard_name(split, i, len(plan)), lambda tmp, part=part, groups=groups:
+                                 _write_shard(tmp, src.zd, info, schema, part, groups, frame_columns, bar))
                     start += sum(groups)
+        write_json(staged / "zoo.json", info.to_json())
     except BaseException:
-        for tmp, _ in written:
-            tmp.unlink(missing_ok=True)
-        if created:
-            cdir.rmdir()
+        shutil.rmtree(staged, ignore_errors=True)
         raise
-    new = {final for _, final in written}
-    write_json(cdir / "zoo.json", info.to_json())
-    for tmp, final in written:
-        commit(tmp, final)
-    for old in cdir.glob("*.parquet"):  # shards of a previous build of this config
-        if old not in new:
-            old.unlink()
+    _swap(staged, final)
+
+
+def _swap(staged: Path, final: Path) -> None:
+    """Replace the folder ``final`` (if any) by ``staged``: two renames, then the old folder is deleted."""
+    old = temporary_path(final, ".old")
+    if final.exists():
+        os.rename(final, old)
+    os.rename(staged, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _clean_leftovers(data: Path) -> None:
+    """Remove what killed builds left in ``data/``: staged folders, and old configs once swapped (an old config
+    whose replacement never arrived is renamed back)."""
+    for path in sorted(data.iterdir()) if data.is_dir() else []:
+        m = _STAGED.match(path.name)
+        if m is None or not path.is_dir():
+            continue
+        if m["kind"] == "old" and not (data / m["config"]).exists():
+            os.rename(path, data / m["config"])
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _manifest(repo: Path, built: list[str]) -> dict[str, dict]:
+    """The repository's manifest after building ``built``: their files and the card hashed anew, the entries
+    of other configs' files kept (those files were not touched)."""
+    old = manifest.read(repo) or {}
+    fresh = [repo / README] + [p for name in built for p in sorted((repo / DATA_DIR / name).iterdir()) if p.is_file()]
+    mine = {f"{DATA_DIR}/{name}/" for name in built}
+    kept = {k: v for k, v in old.items() if k != README and not k.startswith(tuple(mine)) and (repo / k).is_file()}
+    return kept | manifest.record(repo, fresh)
 
 
 def build_repo(zoo_dirs: list[Path], repo: Path, progress: bool = True, *, repo_id: str | None = None,
                row_group_bytes: int = ROW_GROUP_BYTES, max_file_bytes: int = MAX_FILE_BYTES) -> list[str]:
-    """Write one config per zoo directory into the repository folder ``repo`` and regenerate its README.
+    """Write one config per zoo directory into the repository folder ``repo``, regenerate its README and its
+    manifest.json.
 
-    Configs already in ``repo`` and not named here stay untouched; a config built again is replaced (its old
-    shards are deleted after the new ones are in place). Returns the config names built, in the given order.
-    ``repo_id`` (``org/name``) goes into the card's usage snippets. Raises ValueError for an invalid config
-    name or two directories of one zoo, ZooFileError for a damaged zoo directory.
+    Configs already in ``repo`` and not named here stay untouched; a config built again is replaced as a
+    whole (module docstring). Returns the config names built, in the given order. ``repo_id`` (``org/name``)
+    goes into the card's usage snippets. Raises ValueError for an invalid config name, two directories of
+    one zoo, or a ``repo`` that is a file or a folder of someone else's files; ZooFileError for a damaged zoo
+    directory; FolderInUseError while another process builds into ``repo``.
     """
     sources = _open_sources(list(zoo_dirs))
     repo = Path(repo)
-    if repo.exists() and not repo.is_dir():
-        raise ValueError(f"{repo} is a file, not a repository folder; choose another --repo")
-    built = []
-    try:
-        for src in sources:
-            _build_config(src, repo / "data" / src.name, row_group_bytes=row_group_bytes,
-                          max_file_bytes=max_file_bytes, progress=progress)
-            built.append(src.name)
-    finally:
-        if built:  # the card lists what is there, even when a later zoo failed
-            card.write(repo, repo_id)
+    check_ours(repo, manifest.MANIFEST, "repository folder built by modelzoos", "--repo")
+    built: list[str] = []
+    with lock(repo, "--repo"):
+        check_ours(repo, manifest.MANIFEST, "repository folder built by modelzoos", "--repo")
+        if not (repo / manifest.MANIFEST).exists():
+            manifest.write(repo, {})  # the folder is ours from now on (a killed first build can be rerun)
+        _clean_leftovers(repo / DATA_DIR)
+        try:
+            for src in sources:
+                _build_config(src, repo / DATA_DIR, row_group_bytes=row_group_bytes, max_file_bytes=max_file_bytes,
+                              progress=progress)
+                built.append(src.name)
+        finally:
+            if built:  # the card and the manifest list what is there, even when a later zoo failed
+                card.write(repo, repo_id)
+                manifest.write(repo, _manifest(repo, built))
     return built

@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 import yaml
 from datasets import Features, List, Value
 
-from modelzoos.architectures import Layout
 from modelzoos.catalogue import SpecError, Zoo, check_name, table_order
 from modelzoos.export import METADATA_SCHEMA
+from modelzoos.layout import Layout
 
 FORMAT_VERSION = 1  # of data/<config>/zoo.json
 README = "README.md"
@@ -383,11 +383,13 @@ def _check_config(repo: Path, name: str, problems: list[str]) -> None:
         rows, models = 0, set()
         for f in files:
             try:
-                pf = pq.ParquetFile(f)
+                pf = pq.ParquetFile(f, page_checksum_verification=True)
                 schema = pf.schema_arrow
-                ids = pq.read_table(f, columns=["model_id"]).column("model_id").to_numpy()
+                ids = np.concatenate([np.zeros(0, np.int64)] + [  # every page read: checksums verified
+                    pf.read_row_group(g).column("model_id").to_numpy() for g in range(pf.metadata.num_row_groups)])
             except (pa.ArrowException, OSError, KeyError) as err:
-                problems.append(f"{f}: not a readable Parquet file of this format ({type(err).__name__}: {err})")
+                problems.append(f"{f}: not a readable Parquet file of this format, or a page fails its checksum "
+                                f"({type(err).__name__}: {err}); rebuild the config with `modelzoos build`")
                 continue
             if reference is None:
                 reference = (f, schema)
@@ -438,7 +440,8 @@ def _check_schema(path: Path, schema: pa.Schema, info: ConfigInfo, expected: pa.
 def validate_repo(repo: str | Path, config: str | None = None) -> list[str]:
     """Check a repository folder as ``modelzoos build`` writes it (every config, or only ``config``, which the
     card must list); return the card's config names, or raise RepositoryError listing every problem found,
-    each naming its file. Reads only local files."""
+    each naming its file. Reads only local files: every page of every shard (one row group in memory at a
+    time), so a page whose bytes changed fails its checksum (build writes page checksums)."""
     repo = Path(repo)
     if not repo.is_dir():
         raise RepositoryError(f"{repo} is not a directory (expected a folder written by `modelzoos build`)")

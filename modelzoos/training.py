@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from modelzoos import randomness
-from modelzoos.architectures import Layout, build_model, get_architecture, set_dropout_key
-from modelzoos.catalogue import ModelConfig, Zoo
+from modelzoos.architectures import build_model, get_architecture, set_dropout_key
+from modelzoos.catalogue import METRICS, ModelConfig, Zoo
 from modelzoos.data import ImageData, Split
+from modelzoos.layout import Layout
 from modelzoos.optimizers import OPTIMIZERS
 
-METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 EVAL_BATCH = 1000  # images per eval forward; only memory depends on it
 # numeric switches (docs/protocol.md, "Numerics"): name → environment variable
 NUMERICS_ENV = {"tf32": "MODELZOOS_TF32", "channels_last": "MODELZOOS_CHANNELS_LAST", "compile": "MODELZOOS_COMPILE",
@@ -66,6 +66,26 @@ class EpochResult:
     def tensors(self) -> dict[str, torch.Tensor]:
         """What the epoch's file holds (export): the weights."""
         return {"weights": self.weights}
+
+
+def check_device(device: str) -> None:
+    """ValueError, with the fix, unless torch can compute on ``device`` here (checked before anything is
+    written: a run never claims a directory for a device it cannot use)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"--device {device!r} is not a torch device ({err}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a build without CUDA"
+        raise ValueError(f"--device {device}: no CUDA GPU is usable on this machine (torch {torch.__version__}, "
+                         f"{build}); use --device cpu, or run where a GPU is visible")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    try:
+        torch.zeros(1, device=dev)
+    except (RuntimeError, AssertionError) as err:
+        raise ValueError(f"--device {device} cannot be used here ({err}); use --device cpu") from None
 
 
 def numerics(device: str | torch.device = "cpu") -> dict[str, bool | str]:

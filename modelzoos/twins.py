@@ -1,4 +1,5 @@
-"""Sparsified model zoo twins (protocol §8): every final model of a finished CNN zoo, sparsified for 25 epochs.
+"""Sparsified model zoo twins: every final model of a finished CNN zoo, sparsified for 25 epochs
+(docs/protocol.md, "Sparsified twins").
 
 ``sparsify(source, out, method)`` reads a zoo directory written by ``modelzoos generate``, loads every
 model's final state and trains it on for ``TWIN_EPOCHS`` epochs with one of two methods, many models at
@@ -64,10 +65,11 @@ import torch
 import torch.nn.functional as F
 
 from modelzoos import randomness
-from modelzoos.architectures import Layout, get_architecture
-from modelzoos.catalogue import TWIN_EPOCHS, TWIN_METHODS, ModelConfig, Zoo, twin_name
+from modelzoos.architectures import get_architecture
+from modelzoos.catalogue import TWIN_EPOCHS, TWIN_METHODS, ModelConfig, Zoo, check_registry, twin_name
 from modelzoos.data import ImageData, load_image_data
 from modelzoos.export import METADATA_SCHEMA, Run, ZooDir, ZooFileError, describe, produce
+from modelzoos.layout import Layout
 from modelzoos.population import (
     Group,
     GroupSteps,
@@ -78,9 +80,9 @@ from modelzoos.population import (
     record_metrics,
     unpack_groups,
 )
-from modelzoos.training import METRICS, EpochResult, Resume, numerics, run_epochs
+from modelzoos.training import METRICS, EpochResult, Resume, check_device, numerics, run_epochs
 
-# Variational dropout (protocol §8; Molchanov et al. 2017)
+# Variational dropout (docs/protocol.md, "Sparsified twins"; Molchanov et al. 2017)
 LOG_SIGMA2_INIT = -10.0
 LOG_ALPHA_CLIP = {"conv": (-8.0, 8.0), "linear": (-10.0, 10.0)}
 LOG_ALPHA_THRESHOLD = 3.0  # eval: weights with log α ≥ 3 are zeroed
@@ -97,8 +99,7 @@ MP_RAMP_EPOCHS = 20  # cubic ramp over training epochs 1..20, then fine-tuning a
 class TwinMethod:
     """One sparsification method: what the twins' zoo.json and dataset card say about it."""
 
-    label: str
-    description: str  # one sentence for dataset cards
+    label: str  # the card's sentence about the method: card.TWIN_TEXT
     settings: dict  # recorded in zoo.json's ``twins`` section
     log_sigma2: bool  # variational: per-weight log σ² parameters (and the KL penalty), stored with every state
     sparsity: Callable[[int], float] | None  # pruning: the fraction of weights pruned at the start of epoch e
@@ -107,18 +108,12 @@ class TwinMethod:
 METHODS: dict[str, TwinMethod] = {
     "vd": TwinMethod(
         "variational dropout",
-        "variational dropout (Molchanov et al. 2017, arXiv 1701.05369) as the original twins: per-weight "
-        "log σ² initialised to −10, local reparameterisation, KL weight min(1, 0.01·e/25), weights with "
-        "log α ≥ 3 zeroed",
         {"log_sigma2_init": LOG_SIGMA2_INIT, "log_alpha_clip": LOG_ALPHA_CLIP,
          "log_alpha_threshold": LOG_ALPHA_THRESHOLD, "kl_constants": [K1, K2, K3],
          "kl_weight": f"min(1, {KL_RAMP}*e/{TWIN_EPOCHS}), e = 0-based training epoch", "epochs": TWIN_EPOCHS},
         log_sigma2=True, sparsity=None),
     "mp": TwinMethod(
         "magnitude pruning",
-        "gradual global magnitude pruning (Zhu & Gupta 2017, arXiv 1710.01878) to 80 % of the conv + linear "
-        "weights on a cubic schedule over 20 epochs, then 5 epochs of fine-tuning; our settings (the original "
-        "published none)",
         {"scope": "global per model over conv and linear weights, biases never pruned",
          "target_sparsity": MP_TARGET, "ramp_epochs": MP_RAMP_EPOCHS,
          "schedule": f"s(e) = {MP_TARGET}*(1-(1-min(e,{MP_RAMP_EPOCHS})/{MP_RAMP_EPOCHS})**3), "
@@ -126,9 +121,8 @@ METHODS: dict[str, TwinMethod] = {
          "epochs": TWIN_EPOCHS},
         log_sigma2=False, sparsity=lambda epoch: mp_sparsity(epoch)),
 }
-if tuple(METHODS) != TWIN_METHODS:  # the catalogue names twin zoos after these methods
-    raise RuntimeError(f"twins.METHODS {tuple(METHODS)} differ from catalogue.TWIN_METHODS {TWIN_METHODS}")
-# The original twin experiment directories (protocol §8); other twins have none.
+check_registry("twins.METHODS", METHODS, TWIN_METHODS)  # the catalogue names twin zoos after these methods
+# The original twin experiment directories (docs/protocol.md, "Sparsified twins"); other twins have none.
 SOURCES = {("mnist_cnn_seed", "vd"): "cnn_small_mnist_ard", ("svhn_cnn_seed", "vd"): "cnn_small_svhn_ard"}
 
 # randomness streams of the twins, disjoint from those of zoo training (1..8, 16 + layer)
@@ -475,6 +469,7 @@ def sparsify(source: ZooDir | str | Path, out: str | Path, method: str, device: 
         raise ValueError(f"epochs must be in 0..{TWIN_EPOCHS}, got {epochs}")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"--chunk-size must be at least 1, got {chunk_size}")
+    check_device(device)
     src = source if isinstance(source, ZooDir) else ZooDir(source)
     models, last = _check_source(src, models)
     zoo = twin_zoo(src.zoo, method)

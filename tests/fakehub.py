@@ -1,9 +1,9 @@
 """An in-process fake of the Hugging Face Hub HTTP API, for publishing tests without a network.
 
-`FakeHub.handler` answers what huggingface_hub 2.x and datasets 5.2 send (docs: shared/reference/huggingface.md
-§6.4): repository create / info / branches, `/api/validate-yaml`, preupload, the LFS batch API and its uploads,
-NDJSON commits (with additions, LFS pointers and deletions, checked against `parentCommit`), tree listings,
-paths-info, and `resolve` downloads with `Range` requests (206), for `hf_hub_download`, `list_repo_files` and
+`FakeHub.handler` answers what huggingface_hub 2.x and datasets 5.2 send: repository create / info /
+branches, `/api/validate-yaml`, preupload, the LFS batch API and its uploads, NDJSON commits (with additions,
+LFS pointers and deletions, checked against `parentCommit`), tree listings, paths-info, and `resolve`
+downloads with `Range` requests (206), for `hf_hub_download`, `list_repo_files` and
 `datasets.load_dataset("org/name", config)` through `HfFileSystem`. Storage is a dict: each repository keeps one
 `{path: bytes}` snapshot per commit and a branch → commit table; LFS objects are kept by sha256.
 
@@ -11,8 +11,9 @@ The `fake_hub` fixture installs it with `huggingface_hub.set_client_factory` (an
 `HF_ENDPOINT` at an address that is never contacted, disables Xet (`HF_HUB_DISABLE_XET=1`: hf_xet's Rust client
 would bypass the injected HTTP client), moves `HF_HOME` into the test's tmp dir and sets `HF_TOKEN` to
 `FAKE_TOKEN`. Failures are injected per route (the names in `ROUTES`): `hub.fail("lfs_upload", nth=2)` answers
-the 2nd LFS upload and every later one with a 500 (an outage; huggingface_hub's retries do not sleep under the
-fixture) until `hub.heal()`; `hub.reject_token(token)` answers 401; `hub.go_down()` refuses connections.
+the 2nd LFS upload and every later one with a 500 (an outage; neither huggingface_hub's retries nor
+modelzoos.hub's sleep under the fixture) until `hub.heal()`; `hub.reject_token(token)` answers 401;
+`hub.go_down()` refuses connections.
 """
 
 from __future__ import annotations
@@ -499,6 +500,8 @@ def fake_hub(monkeypatch, tmp_path):
     from huggingface_hub import HfFileSystem, constants
     from huggingface_hub.utils import _http
 
+    import modelzoos.hub
+
     hub = FakeHub()
     home = tmp_path / "hf_home"
     env = {"HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(home), "HF_TOKEN": hub.token,
@@ -525,6 +528,7 @@ def fake_hub(monkeypatch, tmp_path):
         if hasattr(datasets.config, name):
             monkeypatch.setattr(datasets.config, name, value)
     monkeypatch.setattr(_http, "time", _NoWaitTime())
+    monkeypatch.setattr(modelzoos.hub, "time", _NoWaitTime())  # and inside modelzoos.hub's own retries
     huggingface_hub.set_client_factory(hub.client)
     huggingface_hub.set_async_client_factory(hub.async_client)
     HfFileSystem.clear_instance_cache()

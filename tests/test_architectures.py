@@ -22,7 +22,7 @@ def test_parameter_counts_and_forward(arch, channels, classes, params, size):
 def test_small_cnn_layout_matches_the_original_index_dict():
     layout = Layout.of(build_model("cnn", in_channels=1))
     starts = [layout[f"{n}.weight"].offset for n in ("conv1", "conv2", "conv3", "fc1", "fc2")]
-    assert starts == [0, 208, 1414, 1514, 2254]  # protocol §2.4, WSL index_dict.json
+    assert starts == [0, 208, 1414, 1514, 2254]  # the original index_dict.json of the small CNN
     assert [e.name for e in layout.entries][:4] == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"]
     medium = Layout.of(build_model("cnn_m", in_channels=3))
     assert [medium[f"{n}.weight"].offset for n in ("conv1", "conv2", "conv3", "fc1", "fc2")] == [
@@ -86,3 +86,15 @@ def test_bad_names_raise():
     with pytest.raises(ValueError, match="architecture"):
         build_model("vgg", in_channels=1)
     assert set(ACTIVATIONS) == {"tanh", "sigmoid", "relu", "gelu"}
+
+
+@pytest.mark.parametrize(("arch", "channels", "classes"), [
+    ("cnn", 1, 10), ("cnn", 3, 10), ("cnn_m", 3, 10), ("resnet18", 3, 10), ("resnet18", 3, 100),
+    ("resnet18", 3, 200), ("resnet18", 1, 10),
+])
+def test_layouts_from_shapes_equal_the_built_networks(arch, channels, classes):
+    """``layout.LAYOUTS`` (torch-free, what the catalogue and the formats use) is the built network's layout."""
+    from modelzoos.layout import LAYOUTS
+
+    model = build_model(arch, in_channels=channels, num_classes=classes, activation="relu")
+    assert LAYOUTS[arch](channels, classes) == Layout.of(model)

@@ -1,8 +1,10 @@
 """The catalogue: totals, grids, seeds, name lookup and spec validation."""
 
+import itertools
 import json
 import textwrap
 
+import numpy as np
 import pytest
 
 from modelzoos import catalogue
@@ -115,9 +117,16 @@ def test_user_spec_file_with_extends(tmp_path):
     ('[grid]\nactivation = ["swish"]', "activation value 'swish' unknown"),
     ("[grid]\nlr = [-0.1]", "grid.lr value -0.1 invalid"),
     ("[grid]\ndropout = [1.5]", "grid.dropout"),
-    ("epochs = 0", "epochs must be a positive integer"),
+    ("epochs = 0", r"epochs must be an integer in 1\.\.10,000, got 0"),
+    ("epochs = 100000000000000000000", r"epochs must be an integer in 1\.\.10,000"),  # TOML reads 1e20 as int
+    ("batch_size = -1", r"batch_size must be an integer in 1\.\."),
     ('architecture = "vgg"', "architecture 'vgg' unknown"),
     ("[seeds]\nrange = [5, 1]", "seeds"),
+    ("[seeds]\nrange = [1, 1000000000000]", r"last <= 4294967295"),
+    ("[seeds]\nrandom = 1000000000000\nlow = 0\nhigh = 10\ndraw_seed = 1", r"1 <= R <= 100,000,000"),
+    ("[seeds]\nrange = [0, 100000000]", r"100,000,001 models .*at most 100,000,000 per zoo"),
+    ('notes = "a string"', "notes must be a list of strings"),
+    ("description = 3", "description must be a string"),
     ("colour = 3", "unknown field"),
 ])
 def test_invalid_spec_values_give_clear_errors(tmp_path, override, message):
@@ -137,3 +146,65 @@ def test_spec_round_trips_through_json():
     zoo = get_zoo("cifar10_resnet18_seed")
     again = catalogue.Zoo.from_dict(json.loads(json.dumps(zoo.to_dict())))
     assert again == zoo
+
+
+def test_extends_stays_in_the_catalogue_or_the_spec_folder(tmp_path):
+    outside = tmp_path / "elsewhere.toml"
+    outside.write_text((catalogue.SPEC_DIR / "digits_cnn_seed.toml").read_text())
+    (tmp_path / "specs").mkdir()
+    for base, message in [("../elsewhere.toml", "points outside the folder"), ("/etc/hosts.toml", "points outside"),
+                          ("../../etc/passwd", "neither a catalogue"), (3, "neither a catalogue")]:
+        path = tmp_path / "specs" / "child.toml"
+        path.write_text(f'extends = {json.dumps(base)}\nname = "child"\n')
+        with pytest.raises(SpecError, match=message):
+            get_zoo(path)
+    sibling = tmp_path / "specs" / "base.toml"  # a .toml file beside the spec is fine
+    sibling.write_text('extends = "digits_cnn_seed"\nname = "base"\nepochs = 2\n')
+    (tmp_path / "specs" / "child.toml").write_text('extends = "base.toml"\nname = "child"\n')
+    assert get_zoo(tmp_path / "specs" / "child.toml").epochs == 2
+
+
+def test_extends_cycles_are_errors(tmp_path):
+    (tmp_path / "a.toml").write_text('extends = "a.toml"\nname = "a"\n')
+    with pytest.raises(SpecError, match=r"`extends` forms a cycle: a\.toml → a\.toml"):
+        get_zoo(tmp_path / "a.toml")
+    (tmp_path / "b.toml").write_text('extends = "c.toml"\nname = "b"\n')
+    (tmp_path / "c.toml").write_text('extends = "b.toml"\nname = "c"\n')
+    with pytest.raises(SpecError, match=r"cycle: b\.toml → c\.toml → b\.toml"):
+        get_zoo(tmp_path / "b.toml")
+
+
+def test_a_derived_spec_does_not_inherit_description_or_source(tmp_path):
+    path = _write(tmp_path, 'extends = "mnist_cnn_seed"\nname = "mine"\n[seeds]\nrange = [1, 3]\n')
+    zoo, parent = get_zoo(path), get_zoo("mnist_cnn_seed")
+    assert parent.description in get_zoo("mnist_cnn_seed").description and parent.source
+    assert zoo.description == "derived from mnist_cnn_seed (own: seeds)" and zoo.source == ""
+    assert zoo.notes == parent.notes  # notes (documented deviations) still hold
+    assert get_zoo("mnist_cnn_hyp_rand").source == "tune_zoo_mnist_hyperparameter_10_random_seeds"  # its own
+
+
+@pytest.mark.parametrize("name", ["mnist_cnn_hyp_rand", "svhn_cnn_hyp_fix", "digits_cnn_seed"])
+def test_lazy_enumeration_is_the_documented_product(name):
+    zoo = get_zoo(name)
+    combos = list(itertools.product(range(zoo.replicates), *(zoo.grid[a] for a in catalogue.GRID_AXES)))
+    if "range" in zoo.seeds:
+        seeds = [zoo.seeds["range"][0] + c[0] for c in combos]
+    else:
+        seeds = np.random.default_rng(zoo.seeds["draw_seed"]).integers(
+            zoo.seeds["low"], zoo.seeds["high"], size=len(combos)).tolist()
+    expected = [catalogue.ModelConfig(i, s, *c[1:4], float(c[4]), float(c[5]), float(c[6]), zoo.batch_size,
+                                      zoo.epochs, zoo.schedule)
+                for i, (s, c) in enumerate(zip(seeds, combos, strict=True))]
+    models = zoo.models()
+    assert list(models) == expected and models == expected and len(models) == len(expected)
+    assert models[-1] == expected[-1] and models[5:9] == expected[5:9]
+    assert get_zoo(name).models()[7] == expected[7]  # a fresh sequence: the 8th model without the first seven
+
+
+def test_the_first_models_of_a_huge_zoo_need_no_enumeration(tmp_path):
+    path = _write(tmp_path, 'extends = "digits_cnn_seed"\nname = "huge"\n[seeds]\nrange = [1, 3000000]\n')
+    zoo = get_zoo(path)
+    models = zoo.models()
+    assert len(models) == 3_000_000 and zoo.num_models == 3_000_000
+    assert [m.seed for m in models[:2]] == [1, 2] and models[2_999_999].seed == 3_000_000
+    assert models._drawn.size == 0  # range seeds: nothing drawn, nothing enumerated

@@ -75,7 +75,7 @@ def reference_split(recipe, root, train):
               "center_crop": [T.CenterCrop(recipe.size)]}[recipe.geometry]
     transform = T.Compose([*steps, to_tensor, T.Normalize(recipe.mean, recipe.std)])
     info = dataset_info(recipe.dataset)
-    ds = info.reader(root, transform=transform, **(info.train_args if train else info.test_args))
+    ds = data.READERS[recipe.dataset](root, transform=transform, **(info.train_args if train else info.test_args))
     images, labels = zip(*(ds[i] for i in range(len(ds))), strict=True)
     return torch.stack(images), torch.tensor(labels)
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from huggingface_hub import DatasetCard
 
-from modelzoos import card, publish
+from modelzoos import card, manifest, publish
 from modelzoos.catalogue import check_name, get_zoo
 from modelzoos.cli import main
 from modelzoos.export import METADATA_SCHEMA, ZooDir, ZooFileError
@@ -318,6 +318,7 @@ def test_two_zoo_dirs_for_one_config(tmp_path, zoo_a):
     info = json.loads((twin / "zoo.json").read_text())
     info["layout"][-1]["name"] = "head.bias"
     (twin / "zoo.json").write_text(json.dumps(info))
+    manifest.write(twin, manifest.read(twin) | manifest.record(twin, [twin / "zoo.json"]))  # as if generated so
     with pytest.raises(ValueError, match="different weight layouts") as err:
         publish.build_repo([zoo_a.path, twin], tmp_path / "repo", progress=False)
     assert str(zoo_a.path) in str(err.value) and str(twin) in str(err.value)
@@ -329,9 +330,9 @@ def test_damaged_weights_file_is_named(tmp_path, zoo_a):
     shutil.copytree(zoo_a.path, broken)
     victim = broken / zoo_a.metadata.weights_file.iloc[-1]
     victim.write_bytes(victim.read_bytes()[:100])
-    with pytest.raises(ZooFileError, match="corrupt or truncated") as err:
+    with pytest.raises(ZooFileError, match="differ from its manifest") as err:
         publish.build_repo([broken], tmp_path / "repo", progress=False)
-    assert str(victim) in str(err.value)
+    assert f"{victim}: 100 bytes" in str(err.value) and f"Fix: delete {victim.parent}" in str(err.value)
     assert not list((tmp_path / "repo").rglob("*.parquet")) and not list((tmp_path / "repo").rglob(".*"))
 
 

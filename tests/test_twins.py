@@ -211,7 +211,8 @@ def test_bad_input(source, tmp_path):
 
 
 def test_kl_weight_ramp_and_mp_schedule():
-    # protocol §8: kl_weight min(1, 0.01·e/25) for e = 0..24 never reaches 1; MP reaches its target at epoch 20
+    # docs/protocol.md, "Sparsified twins": min(1, 0.01·e/25) for e = 0..24 never reaches 1;
+    # MP reaches its target at epoch 20
     assert min(1.0, twins.KL_RAMP * 24 / TWIN_EPOCHS) == pytest.approx(0.0096)
     assert mp_sparsity(twins.MP_RAMP_EPOCHS) == mp_sparsity(TWIN_EPOCHS) == twins.MP_TARGET
     assert all(mp_sparsity(e) < mp_sparsity(e + 1) for e in range(1, twins.MP_RAMP_EPOCHS))

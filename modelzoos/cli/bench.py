@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from modelzoos.cli import set_threads
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     c = sub.add_parser("bench", help="train and evaluate weight-space baselines on one published config")
@@ -28,16 +30,26 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from modelzoos.baselines.bench import markdown, run_bench
+    from modelzoos.baselines.bench import BASELINES, markdown, run_bench
     from modelzoos.baselines.data import parse_epochs, parse_threshold
+    from modelzoos.repository import config_info
+    from modelzoos.training import check_device
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    results = run_bench(args.repo, args.config, [b.strip() for b in args.baselines.split(",") if b.strip()],
-                        args.out, device=args.device, epochs=parse_epochs(args.epochs_filter),
-                        weight_threshold=parse_threshold(args.weight_threshold),
+    # every argument is checked before any work: a mistake costs seconds, not a training run
+    set_threads(args.threads)
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown or not baselines:
+        raise ValueError(f"--baselines: unknown {unknown or 'empty list'}; valid: {', '.join(BASELINES)}")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a file; bench writes results.md, results.json and bench.png into a "
+                         "folder: choose a folder")
+    check_device(args.device)
+    epochs = parse_epochs(args.epochs_filter)
+    threshold = parse_threshold(args.weight_threshold)
+    config_info(args.repo, args.config)  # the repository and the config exist (the error lists the configs)
+    results = run_bench(args.repo, args.config, baselines,
+                        args.out, device=args.device, epochs=epochs, weight_threshold=threshold,
                         streaming=args.streaming, workers=args.workers, progress=not args.quiet)
     print(markdown(results))
     if args.out:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from modelzoos.cli import set_threads
+
+INTERRUPTED = "interrupted; rerun the same command to resume (finished epochs are kept)"
 
 def add_parser(sub) -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="train a zoo into a directory (resumable)")
@@ -28,6 +31,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--optimizer-state", action="store_true",
                    help="also store every epoch's optimizer state (Adam moments, SGD momentum), as the original zoos "
                         "did; default: weights only (docs/format.md)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op CPU threads (default: torch's; 1 is fastest for CNN zoos on a busy CPU)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     return g
 
@@ -36,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from modelzoos.catalogue import get_zoo
     from modelzoos.generate import generate
 
+    set_threads(args.threads)
     result = generate(get_zoo(args.zoo), args.out, models=args.models, epochs=args.epochs, engine=args.engine,
                       device=args.device, data_root=args.data_root, download=args.download,
                       chunk_size=args.chunk_size, progress=not args.quiet, backend=args.backend,

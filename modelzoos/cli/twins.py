@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import time
 
+from modelzoos.cli import set_threads
+
+INTERRUPTED = "interrupted; rerun the same command to resume (finished epochs are kept)"
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     t = sub.add_parser("twins", help="sparsify every final model of a trained CNN zoo directory (resumable)")
@@ -17,6 +21,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--chunk-size", type=int, default=None, help="models sparsified together (default: all)")
     t.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     t.add_argument("--data-root", default=None, help="folder holding the image datasets (as for generate)")
+    t.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op CPU threads (default: torch's; 1 is fastest for CNN zoos on a busy CPU)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     return t
 
@@ -25,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from modelzoos.catalogue import TWIN_EPOCHS
     from modelzoos.twins import sparsify, summary
 
+    set_threads(args.threads)
     start = time.perf_counter()
     twin = sparsify(args.source, args.out, args.method, device=args.device, models=args.models,
                     progress=not args.quiet, epochs=TWIN_EPOCHS if args.epochs is None else args.epochs,
