@@ -211,8 +211,6 @@ def claim(root: Path, info: dict) -> bool:
     A directory of another run (other ``identity``, or other numerics while unfinished) raises ZooFileError
     naming the fields that differ.
     """
-    from modelzoos.training import LEGACY_NUMERICS, NUMERICS_ENV, numerics_setting
-
     path = root / "zoo.json"
     info = json.loads(json.dumps(info))  # as stored (tuples become lists), so that it compares with the file
     if not path.exists():
@@ -223,9 +221,11 @@ def claim(root: Path, info: dict) -> bool:
     except json.JSONDecodeError as err:
         raise ZooFileError(f"{path} is not valid JSON ({err}); delete the directory {root} to start over") from err
     finished = (root / "metadata.parquet").exists()  # nothing left to train: the numerics do not matter
-    old_numerics = LEGACY_NUMERICS | old.get("numerics", {})  # switches added later were off before
     differ = differences(identity(old), identity(info))
     if not finished:  # a switch that differs, with the environment variable that sets it and both values
+        from modelzoos.training import LEGACY_NUMERICS, NUMERICS_ENV, numerics_setting
+
+        old_numerics = LEGACY_NUMERICS | old.get("numerics", {})  # switches added later were off before
         differ += [f"numerics.{k} (the run has {NUMERICS_ENV[k]}={numerics_setting(k, old_numerics[k])}, this "
                    f"process {numerics_setting(k, info['numerics'][k])}: set it to resume)"
                    for k in differences(old_numerics, info["numerics"])]

@@ -7,6 +7,9 @@ downloads with `Range` requests (206), for `hf_hub_download`, `list_repo_files` 
 `datasets.load_dataset("org/name", config)` through `HfFileSystem`. Storage is a dict: each repository keeps one
 `{path: bytes}` snapshot per commit and a branch → commit table; LFS objects are kept by sha256.
 
+`serve()` runs a FakeHub behind a real HTTP server on 127.0.0.1, for commands in other processes (the
+installed-wheel test pushes through it with `HF_ENDPOINT`).
+
 The `fake_hub` fixture installs it with `huggingface_hub.set_client_factory` (an `httpx2.MockTransport`), points
 `HF_ENDPOINT` at an address that is never contacted, disables Xet (`HF_HUB_DISABLE_XET=1`: hf_xet's Rust client
 would bypass the injected HTTP client), moves `HF_HOME` into the test's tmp dir and sets `HF_TOKEN` to
@@ -19,13 +22,16 @@ modelzoos.hub's sleep under the fixture) until `hub.heal()`; `hub.reject_token(t
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx2
@@ -478,6 +484,59 @@ def _error(status: int, message: str, headers: dict | None = None, extra: dict |
 
 def _repo_not_found() -> httpx2.Response:
     return _error(404, "Repository not found", {"X-Error-Code": "RepoNotFound"})
+
+
+# ---------------------------------------------------------------- over HTTP
+class _HTTPHandler(BaseHTTPRequestHandler):
+    """Hands each HTTP request to the server's FakeHub as an httpx2.Request and writes its answer back."""
+
+    protocol_version = "HTTP/1.1"
+    hub: FakeHub
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            parts = []
+            while (size := int(self.rfile.readline().split(b";")[0], 16)) > 0:
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+            self.rfile.readline()
+            return b"".join(parts)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _any(self) -> None:
+        request = httpx2.Request(self.command, self.hub.endpoint + self.path,
+                                 headers=[(k, v) for k, v in self.headers.items() if k.lower() != "host"]
+                                 + [("Host", self.hub.host)], content=self._body())
+        response = self.hub.handler(request)
+        body = response.read()
+        self.send_response(response.status_code)
+        for key, value in response.headers.multi_items():
+            if key.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _any
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+
+@contextlib.contextmanager
+def serve() -> Iterator[FakeHub]:
+    """A FakeHub answering real HTTP on 127.0.0.1 (its ``endpoint``) while the block runs."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HTTPHandler)
+    hub = FakeHub(endpoint=f"http://127.0.0.1:{server.server_address[1]}")
+    server.RequestHandlerClass = type("Handler", (_HTTPHandler,), {"hub": hub})
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield hub
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # ---------------------------------------------------------------- fixture
