@@ -45,7 +45,9 @@ def _array(value: Any) -> np.ndarray:
     """A C-contiguous little-endian numpy array of a numpy array or a CPU torch tensor."""
     if hasattr(value, "detach"):  # torch.Tensor, without importing torch
         value = value.detach().cpu().numpy()
-    array = np.ascontiguousarray(value)
+    array = np.asarray(value)
+    if not array.flags.c_contiguous:  # (np.ascontiguousarray would make a 0-d array 1-d)
+        array = array.copy(order="C")
     if array.dtype not in _CODES:
         raise TypeError(f"dtype {array.dtype} cannot be stored; valid: {', '.join(map(str, _CODES))}")
     return array.astype(array.dtype.newbyteorder("<"), copy=False)

@@ -5,9 +5,12 @@ import shutil
 import textwrap
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
+from modelzoos import manifest
 from modelzoos.catalogue import get_zoo
 from modelzoos.data import load_image_data
 from modelzoos.export import ZooDir
@@ -122,3 +125,18 @@ def copy_of(tmp_path):
         return Path(shutil.copytree(path, tmp_path / Path(path).name))
 
     return copy
+
+
+@pytest.fixture
+def rows_of(copy_of):
+    """``rows_of(zoo_path, keep)``: a private copy of a zoo directory whose metadata.parquet keeps only the rows
+    where ``keep(table)`` (a bool array) holds, its manifest updated to match (build checks the manifest)."""
+
+    def subset(path: Path, keep) -> Path:
+        zoo = copy_of(path)
+        meta = pq.read_table(zoo / "metadata.parquet")
+        pq.write_table(meta.filter(pa.array(keep(meta))), zoo / "metadata.parquet")
+        manifest.write(zoo, manifest.read(zoo) | manifest.record(zoo, [zoo / "metadata.parquet"]))
+        return zoo
+
+    return subset

@@ -127,7 +127,7 @@ def test_push_again_changes_nothing(fake_hub, two_configs):
 
 
 # ---------------------------------------------------------------- one config at a time, card merging
-def test_push_one_config_replaces_only_its_files_and_merges_the_card(fake_hub, two_configs, twin_dirs, copy_of,
+def test_push_one_config_replaces_only_its_files_and_merges_the_card(fake_hub, two_configs, twin_dirs, rows_of,
                                                                      tmp_path):
     root, _ = two_configs
     push(root, REPO)
@@ -135,9 +135,7 @@ def test_push_one_config_replaces_only_its_files_and_merges_the_card(fake_hub, t
 
     # A newer build of the VD twins alone (epochs 0..2 only), with more train shards (so the old shard name goes
     # stale) and its own card, whose default is the twins.
-    newer = copy_of(twin_dirs["vd"].path)
-    meta = pq.read_table(newer / "metadata.parquet")
-    pq.write_table(meta.filter(pa.array(meta.column("epoch").to_numpy() <= 2)), newer / "metadata.parquet")
+    newer = rows_of(twin_dirs["vd"].path, lambda t: t.column("epoch").to_numpy() <= 2)
     new = tmp_path / "new"
     build_repo([newer], new, progress=False, max_file_bytes=8 * 5000 * 4)
     assert len(list((new / "data" / VD).glob("train-*.parquet"))) > 1
@@ -212,7 +210,7 @@ def test_interrupted_lfs_upload_then_rerun_completes(fake_hub, two_configs):
     root, _ = two_configs
     parquet = [p for p in local_files(root) if p.endswith(".parquet")]
     fake_hub.fail("lfs_upload", nth=2)  # the Hub goes down after the first large file
-    with pytest.raises(HubError, match="Re-run the same command"):
+    with pytest.raises(HubError, match="re-run the same command to resume"):
         push(root, REPO)
     assert remote_files(fake_hub) == {}  # no commit at all: no card pointing at missing files
     assert len(fake_hub.lfs) == 1
@@ -228,9 +226,9 @@ def test_interrupted_lfs_upload_then_rerun_completes(fake_hub, two_configs):
 def test_interrupted_multi_commit_push_keeps_old_card_and_resumes(fake_hub, two_configs, monkeypatch):
     root, _ = two_configs
     monkeypatch.setattr(hub, "MAX_OPERATIONS_PER_COMMIT", 3)
-    fake_hub.fail("commit", nth=2, times=1)  # the second data commit fails once
+    fake_hub.fail("commit", nth=2, times=1)  # the second data commit fails once, and is not retried
     with pytest.raises(HubError, match="HTTP 500"):
-        push(root, REPO)
+        push(root, REPO, retries=0)
     partial = remote_files(fake_hub)
     assert 0 < len(partial) < len(local_files(root)) and "README.md" not in partial
 
@@ -240,6 +238,16 @@ def test_interrupted_multi_commit_push_keeps_old_card_and_resumes(fake_hub, two_
     titles = fake_hub.commits(REPO)
     assert titles[1].endswith("(part 1/4)") and titles[-1].endswith(f"(part {result.commits}/{result.commits})")
     assert len(titles) == 2 + result.commits
+
+
+def test_a_commit_failing_once_is_retried(fake_hub, two_configs, monkeypatch, caplog):
+    root, _ = two_configs
+    monkeypatch.setattr(hub, "MAX_OPERATIONS_PER_COMMIT", 3)
+    fake_hub.fail("commit", nth=2, times=1)
+    with caplog.at_level(logging.WARNING, logger="modelzoos.hub"):
+        push(root, REPO)
+    assert remote_files(fake_hub) == local_files(root)
+    assert "HTTP 500 from the Hub" in caplog.text
 
 
 # ---------------------------------------------------------------- errors
@@ -418,3 +426,14 @@ def test_cli_push_prints_uploads_and_load_line(fake_hub, two_configs, capsys):
     assert f'load_dataset("org/zoos", "{VD}")' in out
     assert fake_hub.token not in out
     assert not any(p.startswith(f"data/{ZOO}/") for p in remote_files(fake_hub))
+
+
+def test_push_publishes_only_what_build_wrote_and_lists_the_rest(fake_hub, two_configs, capsys):
+    root, _ = two_configs
+    (root / "private-notes.txt").write_text("not for the Hub")
+    (root / "drafts").mkdir()
+    (root / "drafts" / "plan.md").write_text("nor this")
+    assert main(["push", str(root), "--repo-id", REPO]) == 0
+    assert set(remote_files(fake_hub)) == set(local_files(root))  # the data files and the card only
+    out = capsys.readouterr().out
+    assert "skipped 2 file(s) that `modelzoos build` did not write: drafts/plan.md, private-notes.txt" in out

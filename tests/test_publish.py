@@ -11,7 +11,6 @@ from pathlib import Path
 import datasets
 import huggingface_hub
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -336,11 +335,8 @@ def test_damaged_weights_file_is_named(tmp_path, zoo_a):
     assert not list((tmp_path / "repo").rglob("*.parquet")) and not list((tmp_path / "repo").rglob(".*"))
 
 
-def test_too_few_models(tmp_path, zoo_a):
-    small = tmp_path / "small"
-    shutil.copytree(zoo_a.path, small)
-    meta = pq.read_table(small / "metadata.parquet")
-    pq.write_table(meta.filter(pa.array(meta.column("model_id").to_numpy() < 6)), small / "metadata.parquet")
+def test_too_few_models(tmp_path, zoo_a, rows_of):
+    small = rows_of(zoo_a.path, lambda t: t.column("model_id").to_numpy() < 6)
     with pytest.raises(ValueError, match="at least 7"):
         publish.build_repo([small], tmp_path / "repo", progress=False)
 
@@ -483,8 +479,8 @@ def test_cli_build(tmp_path, zoo_a, capsys):
     assert main(["build", str(zoo_a.path), "--repo", str(repo), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "digits_cnn_seed" in out and "train 56 rows (14 models)" in out and "test 12 rows (3 models)" in out
-    assert "from datasets import load_dataset" in out
-    assert f'ds = load_dataset("{repo.resolve()}", "digits_cnn_seed", split="train")' in out
+    assert "from modelzoos.loading import load_zoo" in out and "load_dataset(folder) caches by folder name" in out
+    assert f'ds = load_zoo("{repo.resolve()}", "digits_cnn_seed", split="train")' in out
     assert " kB" in out or " MB" in out
 
 
