@@ -78,7 +78,7 @@ def test_build_and_verify_do_not_import_torch(zoo_dir, tmp_path):
     """)
     assert proc.returncode == 0, proc.stderr
     assert "TORCH False TORCHVISION False" in proc.stdout
-    assert "from modelzoos.loading import load_zoo" in proc.stdout and "load_dataset(" not in proc.stdout
+    assert "from modelzoos.loading import load_zoo" in proc.stdout and "= load_dataset(" not in proc.stdout
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ def test_masked_weights_are_exact_zeros_counted_by_sparsity(twin):
             continue
         if vd:  # the stored pair (w, log σ²) gives log α ≥ 3 exactly where w = 0
             tensors, _ = export.read_safetensors(twin.path / row.weights_file)
-            ls2 = ls_layout.unflatten(tensors["log_sigma2"][row.weights_row])
+            ls2 = ls_layout.unflatten(torch.from_numpy(tensors["log_sigma2"][row.weights_row]))
             for entry in ls_layout.entries:
                 kind = "conv" if entry.name.startswith("conv") else "linear"
                 masked = log_alpha(ls2[entry.name], state[entry.name], kind) >= 3
