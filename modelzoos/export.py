@@ -512,6 +512,22 @@ class ZooDir:
             raise ZooFileError(f"{meta} points at weights files outside {self.path / 'weights'} ({outside[:3]}); "
                                "the file is damaged or was not written by modelzoos: generate the zoo again")
 
+    def check_files(self) -> None:
+        """The full check before the directory's weights are used (build, twins): ZooFileError naming every file
+        whose size or SHA-256 differs from manifest.json, and the fix."""
+        files = manifest.read(self.path)
+        if files is None:
+            raise ZooFileError(f"{self.path} has no manifest.json (it was finished before modelzoos recorded "
+                               "manifests, or its run was killed at the very end): rerun the command that wrote it "
+                               "(`modelzoos generate` or `twins` with the same arguments); it adds the manifest")
+        damaged = manifest.check(self.path, files, full=True)
+        if damaged:
+            chunks = sorted({str(self.path / Path(d.path).parent) for d in damaged if d.path.startswith("weights/")})
+            raise ZooFileError(f"{self.path}: {len(damaged)} file(s) differ from its manifest:\n"
+                               f"{manifest.describe(self.path, damaged)}\nFix: delete "
+                               f"{', '.join(chunks) or 'metadata.parquet'} and rerun the command that wrote the zoo: "
+                               "it retrains only what is missing")
+
     def __len__(self) -> int:
         return len(self.metadata)
 

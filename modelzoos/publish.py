@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from modelzoos import card, manifest
 from modelzoos.catalogue import check_name
-from modelzoos.export import ZooDir, ZooFileError, section_record
+from modelzoos.export import ZooDir, section_record
 from modelzoos.files import atomic_write, check_ours, lock, temporary_path, write_json
 from modelzoos.repository import (
     DATA_DIR,
@@ -92,7 +92,7 @@ def _open_sources(zoo_dirs: list[Path]) -> list[_Source]:
     sources: dict[str, _Source] = {}
     for path in map(Path, zoo_dirs):
         zd = ZooDir(path)
-        _check_zoo_files(path)
+        zd.check_files()  # damaged weights would otherwise be published
         name = check_name(zd.zoo.name, str(path / "zoo.json"))
         zoos = set(zd.metadata["zoo"].unique())
         if zoos - {name}:
@@ -113,22 +113,6 @@ def _open_sources(zoo_dirs: list[Path]) -> list[_Source]:
                              "directory: pass only one of them")
         sources[name] = _Source(name, zd)
     return list(sources.values())
-
-
-def _check_zoo_files(path: Path) -> None:
-    """ZooFileError unless every file of the zoo directory has the size and SHA-256 of its manifest (damaged
-    weights would otherwise be published)."""
-    files = manifest.read(path)
-    if files is None:
-        raise ZooFileError(f"{path} has no manifest.json (it was finished before modelzoos recorded manifests, or "
-                           "its run was killed at the very end): rerun the command that wrote it (`modelzoos "
-                           "generate` or `twins` with the same arguments); it adds the manifest")
-    damaged = manifest.check(path, files, full=True)
-    if damaged:
-        chunks = sorted({str(path / Path(d.path).parent) for d in damaged if d.path.startswith("weights/")})
-        raise ZooFileError(f"{path}: {len(damaged)} file(s) differ from its manifest:\n"
-                           f"{manifest.describe(path, damaged)}\nFix: delete {', '.join(chunks) or 'metadata.parquet'} "
-                           "and rerun the command that wrote the zoo: it retrains only what is missing")
 
 
 def _config_info(src: _Source, splits: dict[str, list[int]], num_rows: dict[str, int]) -> ConfigInfo:

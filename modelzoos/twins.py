@@ -472,6 +472,7 @@ def sparsify(source: ZooDir | str | Path, out: str | Path, method: str, device: 
     check_device(device)
     src = source if isinstance(source, ZooDir) else ZooDir(source)
     models, last = _check_source(src, models)
+    src.check_files()  # every byte as recorded: damaged weights would be sparsified
     zoo = twin_zoo(src.zoo, method)
     run = Run(zoo, models, epochs, f"twins_{method}", chunk_size or models)
     data = load_image_data(zoo.data, data_root, download=download)

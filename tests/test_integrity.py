@@ -26,6 +26,7 @@ from modelzoos.generate import generate
 from modelzoos.hub import push
 from modelzoos.publish import build_repo
 from modelzoos.repository import RepositoryError, validate_repo
+from modelzoos.twins import sparsify
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"models": 3, "epochs": 1, "chunk_size": 1, "progress": False}  # three one-model chunks
@@ -173,7 +174,7 @@ def test_a_kill_between_complete_json_and_the_state_deletion_leaves_nothing_behi
     assert manifest.read(zoo) == original
 
 
-def test_verify_names_flipped_bytes_and_build_refuses_the_zoo(small_zoo, copy_of, tmp_path):
+def test_verify_names_flipped_bytes_and_build_and_twins_refuse_the_zoo(small_zoo, copy_of, tmp_path):
     zoo = copy_of(small_zoo.path)
     victim = zoo / "weights" / "models_000002-000002" / "epoch_000.safetensors"
     flip(victim, data_offset(victim) + 40)
@@ -183,6 +184,9 @@ def test_verify_names_flipped_bytes_and_build_refuses_the_zoo(small_zoo, copy_of
     with pytest.raises(ZooFileError, match="differ from its manifest") as err:
         build_repo([zoo], tmp_path / "repo", progress=False)
     assert str(victim) in str(err.value) and str(victim.parent) in str(err.value)
+    with pytest.raises(ZooFileError, match=r"differ from its manifest:\n.*epoch_000\.safetensors: content changed"):
+        sparsify(zoo, tmp_path / "twins", "mp", progress=False)  # before any training
+    assert not (tmp_path / "twins").exists()
     with pytest.raises(ZooFileError, match="fails its SHA-256 checksum"):  # reading it again refuses it too
         export.finalize(zoo, export.Run(get_zoo("digits_cnn_seed"), 3, 1, "population", 1))
 
