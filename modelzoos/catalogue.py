@@ -346,7 +346,8 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-OWN_FIELDS = ("description", "source")  # what a spec never inherits through `extends`: they describe one zoo
+OWN_FIELDS = ("description",)  # what a spec never inherits through `extends`: it describes one zoo (the parent's
+# `source`, its original experiment folder, is inherited: a derived zoo imports from it, `modelzoos import`)
 
 
 def _read_spec(path: Path, chain: tuple[Path, ...] = ()) -> dict:

@@ -25,6 +25,7 @@ from pathlib import Path
 TMP_SUFFIX = ".tmp"
 _TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")  # the names temporary_path makes, and only those
 LOCK = ".modelzoos.lock"  # the lock file of a folder while a command writes it
+DIGESTS = ".sources-sha256.json"  # `modelzoos import`: SHA-256 of its sources, kept in the zoo directory
 
 
 class FolderInUseError(RuntimeError):
@@ -121,13 +122,13 @@ def lock(directory: Path, option: str | None = None) -> Iterator[None]:
 
 def check_ours(directory: Path, marker: str, what: str, option: str) -> None:
     """ValueError unless ``directory`` is missing, empty or holds ``marker`` (the file that makes it a
-    ``what`` of modelzoos); our lock file and temporary files do not count. Never touches a file."""
+    ``what`` of modelzoos); our lock file, digest cache and temporary files do not count. Never touches a file."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"{directory} is a file, not a {what}; choose another {option}")
     if not directory.is_dir() or (directory / marker).exists():
         return
-    others = sorted(p.name for p in directory.iterdir() if p.name != LOCK and not is_temporary(p))
+    others = sorted(p.name for p in directory.iterdir() if p.name not in (LOCK, DIGESTS) and not is_temporary(p))
     if others:
         shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
         raise ValueError(f"{directory} is not empty ({shown}) and is not a {what} (no {marker}); modelzoos writes "

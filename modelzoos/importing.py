@@ -48,7 +48,7 @@ from modelzoos.export import (
     produce,
     write_chunk,
 )
-from modelzoos.files import write_json
+from modelzoos.files import DIGESTS, check_ours, write_json
 from modelzoos.optimizers import OPTIMIZERS
 from modelzoos.release import (
     Index,
@@ -81,7 +81,7 @@ IMPORT_SCHEMA = pa.schema([*METADATA_SCHEMA, (TRIAL, pa.string())])
 IMPORT_TWIN_SCHEMA = pa.schema([*TWIN_SCHEMA, (TRIAL, pa.string())])
 TWIN_METRICS = ("sparsity", "sparsity_ratio")  # twins: from the weights, and as the release logged it
 CHUNK_BYTES = 256 * 2**20  # default chunk size: the bytes a chunk holds in memory at a time (see chunk_size)
-SHA256_CACHE = ".sources-sha256.json"  # in the output directory: digests of sources, by path, size and mtime
+SHA256_CACHE = DIGESTS  # in the output directory: digests of sources, by path, size and mtime
 # The record (DOI) of the release files of each zoo family (docs/import.md); ResNet-18 tars have none.
 RECORDS = {
     "mnist_cnn": "https://doi.org/10.5281/zenodo.6632086",
@@ -560,6 +560,7 @@ def import_zoo(sources: Sequence[str | Path], zoo: Zoo, out: str | Path, *, epoc
     configs = match([(t.name, p) for t, p in plan.trials], zoo)
     chosen = [(t, c) for (t, _), c in zip(plan.trials, configs, strict=True)]
     run = _run(_imported_zoo(zoo), chosen, kept, plan.index, chunk_size, workers, optimizer_state)
+    check_ours(Path(out), "zoo.json", "zoo directory", "--out")  # before the digest cache is written there
     Path(out).mkdir(parents=True, exist_ok=True)
     layouts = _layouts(plan.index, chosen, kept, zoo, None)
     record = _record(zoo, [c.model_id for c in zoo.models()], chosen, kept,
@@ -621,6 +622,7 @@ def import_twins(sources: Sequence[str | Path], source: ZooDir | str | Path, out
     keys = TwinKeys(ls_layout, {e.name: kinds[e.name.split(".")[0]] for e in ls_layout.entries},
                     tuple(f"{s.name}.weight" for s in get_architecture(zoo.architecture).layers))
     run = _run(zoo, chosen, kept, plan.index, chunk_size, workers)
+    check_ours(Path(out), "zoo.json", "zoo directory", "--out")  # before the digest cache is written there
     Path(out).mkdir(parents=True, exist_ok=True)
     layouts = _layouts(plan.index, chosen, kept, zoo, keys)
     spec_ids = sorted(int(m) for m in src.metadata.model_id.unique())

@@ -174,11 +174,12 @@ def test_extends_cycles_are_errors(tmp_path):
         get_zoo(tmp_path / "b.toml")
 
 
-def test_a_derived_spec_does_not_inherit_description_or_source(tmp_path):
+def test_a_derived_spec_does_not_inherit_the_description(tmp_path):
     path = _write(tmp_path, 'extends = "mnist_cnn_seed"\nname = "mine"\n[seeds]\nrange = [1, 3]\n')
     zoo, parent = get_zoo(path), get_zoo("mnist_cnn_seed")
     assert parent.description in get_zoo("mnist_cnn_seed").description and parent.source
-    assert zoo.description == "derived from mnist_cnn_seed (own: seeds)" and zoo.source == ""
+    assert zoo.description == "derived from mnist_cnn_seed (own: seeds)"
+    assert zoo.source == parent.source  # the original experiment folder it can be imported from
     assert zoo.notes == parent.notes  # notes (documented deviations) still hold
     assert get_zoo("mnist_cnn_hyp_rand").source == "tune_zoo_mnist_hyperparameter_10_random_seeds"  # its own
 
