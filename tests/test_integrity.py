@@ -118,7 +118,7 @@ def test_a_damaged_state_file_is_refused_on_resume(tmp_path):
     export.write_safetensors(cdir / export.STATE, {"model.w": np.ones(64, np.float32)}, {"epoch": "0"})
     flip(cdir / export.STATE, data_offset(cdir / export.STATE) + 10)  # weights off by a bit flip, size unchanged
     with pytest.raises(ZooFileError, match=r"state\.safetensors is corrupt .*checksum.*delete the chunk directory"):
-        export._resume_point(cdir)
+        export._resume_point(cdir, (0,))
 
 
 # ---------------------------------------------------------------------------------------------------------
