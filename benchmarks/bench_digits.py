@@ -145,7 +145,7 @@ def ablation_table(out: Path) -> str:
 
 def sorted_units(weights: np.ndarray, spec: PermutationSpec) -> np.ndarray:
     """Every hidden layer's units sorted by the L2 norm of their incoming weights and bias, largest first
-    (a canonical form, protocol §10.4; function-preserving)."""
+    (a canonical form; function-preserving)."""
     perms = []
     for group in spec.groups:
         norm = np.zeros((len(weights), group.size))

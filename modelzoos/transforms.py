@@ -1,4 +1,5 @@
-"""Weight-space augmentations on flat weight vectors, applied on the fly (protocol §10).
+"""Weight-space augmentations on flat weight vectors, applied on the fly
+(as the original's augmentations; docs/protocol.md lists where ours differ).
 
 Values: a batch of flat float32 weight vectors, numpy ``[B, D]`` (what ``datasets``' "numpy" format
 gives) or a torch tensor ``[B, D]``; a single vector ``[D]`` is accepted everywhere and handled as a
@@ -20,7 +21,7 @@ Datasets, DataLoaders (``collate``), Hugging Face datasets (a batch-dict callabl
 A transform that returns ``Tokens`` gives three batch columns with their own dtypes (values float,
 mask bool, positions int64).
 For big rows (ResNet-18: 11.2M floats) use the numpy/torch paths: ``set_transform`` hands the callable
-Python lists, which costs ~0.66 s per row before any augmentation (docs: huggingface.md §4.2).
+Python lists (one Python float per weight: a large cost per row before any augmentation).
 
 Example::
 
@@ -52,7 +53,7 @@ from modelzoos.architectures import Entry, Layout, get_architecture
 Array = np.ndarray | torch.Tensor
 
 _BLOCK = re.compile(r"^(layer\d+\.\d+)\.")  # torchvision residual block prefix, e.g. "layer2.0."
-_ERASE_ATTEMPTS = 10  # protocol §10.3 (WSL RandomErasingVector)
+_ERASE_ATTEMPTS = 10  # as the original's WSL RandomErasingVector
 
 
 class Transform(Protocol):
@@ -194,7 +195,7 @@ class _UnionFind:
 
 @dataclass(frozen=True)
 class PermutationSpec:
-    """Function-preserving permutation symmetries of a zoo network (protocol §10.1).
+    """Function-preserving permutation symmetries of a zoo network (docs/protocol.md, "weight-space permutations").
 
     Every hidden unit space (conv channels, linear units) is a ``PermutationGroup``; the network input
     and the output layer's units are never permuted. Derived from the layout names:
@@ -429,7 +430,7 @@ class GaussianNoise:
 
 @dataclass(frozen=True)
 class RandomErasing:
-    """Random erasing on the flat vector (protocol §10.3, WSL ``RandomErasingVector``), per sample.
+    """Random erasing on the flat vector (the original WSL ``RandomErasingVector``), per sample.
 
     With probability ``p``: draw s ~ U(scale) and erase n = ⌊D·s⌋ entries, filled with ``value`` or with
     N(0, 1) draws (``value="random"``). ``mode="block"``: a contiguous block at a uniform start in
@@ -480,7 +481,7 @@ class RandomErasing:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Tokenisation (protocol §10.5)
+# Tokenisation (docs/baselines.md: neuron tokens of the hyper-representation, windows of SANE)
 # ---------------------------------------------------------------------------------------------------------
 
 

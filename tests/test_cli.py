@@ -166,7 +166,10 @@ def test_ctrl_c_during_generate_says_how_to_resume(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "modelzoos.cli", "generate", "digits_cnn_seed", "--out", str(out),
                              "--models", "20", "--epochs", "3", "--quiet", "--threads", "1"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a test runner started in the background (`make test &`) ignores SIGINT, and so
+                            # would the child: give it the default disposition a terminal's Ctrl-C meets
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while proc.poll() is None and not (out / "zoo.json").exists() and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -4,8 +4,8 @@ Everything reads a config of a dataset repository through ``datasets`` (``data.Z
 ``WeightsDataset`` + DataLoader workers, or streaming) in bounded memory, on any torch device.
 
 - ``features``: s(W) per-layer statistics (70 for CNN-s) and raw weights W;
-- ``probes``: closed-form ridge of protocol §11.3 (λ on validation), gradient boosting, the §11.4 linear
-  softmax classifier;
+- ``probes``: closed-form ridge of the benchmark protocol (λ on validation), gradient boosting, the linear
+  softmax classifier (docs/baselines.md, "Probes");
 - ``hyperrep``: hyper-representation autoencoder (2021/2022); ``sane``: SANE-style windows and tokens;
 - ``sampling``: KDE sampling in the hyper-representation's latent space, decoded and evaluated;
 - ``bench``: the benchmark behind ``modelzoos bench`` (``run_bench``).

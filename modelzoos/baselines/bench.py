@@ -1,6 +1,6 @@
 """The weight-space benchmark of ``modelzoos bench``: train and evaluate baselines on one config of a repository.
 
-Baselines (features of the un-augmented weights of every split, protocol §11):
+Baselines (features of the un-augmented weights of every split, docs/baselines.md):
 
 | name       | features                                                                          |
 |------------|-----------------------------------------------------------------------------------|

@@ -1,4 +1,4 @@
-"""Hand-made weight features: per-layer statistics s(W) and the raw weights W (protocol §11.2).
+"""Hand-made weight features: per-layer statistics s(W) and the raw weights W (docs/baselines.md, "Baselines").
 
 ``layer_statistics`` is Model Zoos' ``LayerQuintiles`` with ``use_bias=True`` (docs/baselines.md: the MZD
 variant, *not* Unterthiner's min/max/std nor R21's kernel-only 35): for every parameter tensor in layout

@@ -1,4 +1,4 @@
-"""Probes from features to model properties (protocol §11.3, §11.4).
+"""Probes from features to model properties (docs/baselines.md, "Probes, and how to read the table").
 
 Every probe takes features and targets per split (``{"train": ..., "validation": ..., "test": ...}``),
 fits on train, selects on validation only, and reports a score on all three splits, each on its own rows:
