@@ -43,6 +43,12 @@ def human_size(nbytes: float) -> str:
     raise AssertionError("unreachable")
 
 
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    """The ``--threads`` option of the commands that train (read by ``set_threads``)."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op CPU threads (default: torch's; 1 is fastest for CNN zoos on a busy CPU)")
+
+
 def set_threads(threads: int | None) -> None:
     """Use ``threads`` torch intra-op CPU threads (None: torch's default); ValueError below 1."""
     if threads is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from modelzoos.cli import set_threads
+from modelzoos.cli import add_threads, set_threads
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -23,8 +23,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     c.add_argument("--device", default="cpu", help="torch device for training and probes: cpu, cuda, ...")
     c.add_argument("--streaming", action="store_true", help="stream the Parquet files instead of the Arrow cache")
     c.add_argument("--workers", type=int, default=0, help="DataLoader workers (default: %(default)s)")
-    c.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op CPU threads (default: torch's; 1 is fastest for CNN zoos on a busy CPU)")
+    add_threads(c)
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     return c
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from modelzoos.cli import set_threads
+from modelzoos.cli import add_threads, set_threads
 
 INTERRUPTED = "interrupted; rerun the same command to resume (finished epochs are kept)"
 
@@ -31,8 +31,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--optimizer-state", action="store_true",
                    help="also store every epoch's optimizer state (Adam moments, SGD momentum), as the original zoos "
                         "did; default: weights only (docs/format.md)")
-    g.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op CPU threads (default: torch's; 1 is fastest for CNN zoos on a busy CPU)")
+    add_threads(g)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     return g
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from modelzoos.cli import set_threads
+from modelzoos.cli import add_threads, set_threads
 
 INTERRUPTED = "interrupted; rerun the same command to resume (finished epochs are kept)"
 
@@ -21,8 +21,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--chunk-size", type=int, default=None, help="models sparsified together (default: all)")
     t.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     t.add_argument("--data-root", default=None, help="folder holding the image datasets (as for generate)")
-    t.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op CPU threads (default: torch's; 1 is fastest for CNN zoos on a busy CPU)")
+    add_threads(t)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     return t
 
