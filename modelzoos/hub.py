@@ -190,16 +190,9 @@ def _same(path: Path, remote) -> bool:
     if remote is None or remote.size != path.stat().st_size:
         return False
     if remote.lfs is not None:
-        return _digest(path, hashlib.sha256()) == remote.lfs.sha256
+        return manifest.sha256(path) == remote.lfs.sha256
     git = hashlib.sha1(b"blob %d\0" % remote.size)
-    return _digest(path, git) == remote.blob_id
-
-
-def _digest(path: Path, h) -> str:
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return manifest.digest(path, git) == remote.blob_id
 
 
 def _commit(api, repo_id: str, revision: str, head: str | None, root: Path, changed: list[str], stale: list[str],

@@ -31,13 +31,17 @@ class ManifestError(ValueError):
     """A folder's files differ from its manifest (or it has none); the message lists every damaged file."""
 
 
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
+def digest(path: Path, h) -> str:
+    """Hex digest of a file by the hashlib object ``h`` (fed in 1 MiB blocks)."""
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file."""
+    return digest(path, hashlib.sha256())
 
 
 def record(root: Path, paths: Iterable[Path]) -> dict[str, dict]:

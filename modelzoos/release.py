@@ -48,6 +48,7 @@ import torch
 
 from modelzoos.architectures import Layout, get_architecture
 from modelzoos.catalogue import GRID_AXES, ModelConfig, Zoo
+from modelzoos.manifest import sha256
 
 CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")  # Ray writes checkpoint_000007 (older versions checkpoint_7)
 FILES = {"checkpoints": "checkpoints", "optimizer": "optimizers"}  # file in a checkpoint folder → Trial field
@@ -60,7 +61,6 @@ PARAMS = {"seed": "seed", "init": "model::init_type", "activation": "model::nlin
 DEFAULTS = {"model::dropout": 0.0}  # keys the ResNet-18 trials may omit
 MODEL_TYPES = {"cnn": "cnn", "cnn3": "cnn_m", "resnet18": "resnet18", "cnn_ard": "cnn"}  # model::type, lowercased
 TWIN_TYPES = {"cnn_ard"}  # variational-dropout (ARD) twins
-HASH_BLOCK = 8 * 2**20
 
 
 class ReleaseError(ValueError):
@@ -118,11 +118,7 @@ class Source:
 
     def digest(self) -> str:
         """SHA-256 (hex) of the source file."""
-        h = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            while block := f.read(HASH_BLOCK):
-                h.update(block)
-        return h.hexdigest()
+        return sha256(self.path)
 
     def close(self) -> None:
         if self._handle is not None:
@@ -160,11 +156,7 @@ class FolderSource(Source):
         """SHA-256 of the manifest: one line ``<name>\\t<bytes>\\t<sha256>\\n`` per file, in ``members`` order."""
         manifest = hashlib.sha256()
         for name, size, _ in self.members():
-            h = hashlib.sha256()
-            with open(self.path.parent / name, "rb") as f:
-                while block := f.read(HASH_BLOCK):
-                    h.update(block)
-            manifest.update(f"{name}\t{size}\t{h.hexdigest()}\n".encode())
+            manifest.update(f"{name}\t{size}\t{sha256(self.path.parent / name)}\n".encode())
         return manifest.hexdigest()
 
 
