@@ -249,15 +249,15 @@ class RayBackend:
         run = producer.run
         slots = ray.cluster_resources().get("GPU" if self.gpus else "CPU", 0) // (
             self.gpus or self.num_cpus_per_task or 1)
-        if len(run.chunks()) < slots:
-            warnings.warn(f"{len(run.chunks())} chunk(s) of {run.chunk_size} models for {slots:.0f} task slots: "
+        total = len(run.chunks())
+        if total < slots:
+            warnings.warn(f"{total} chunk(s) of {run.chunk_size} models for {slots:.0f} task slots: "
                           "pass a smaller chunk_size (--chunk-size) to use the whole cluster", stacklevel=3)
         task = ray.remote(num_cpus=self.num_cpus_per_task, num_gpus=self.gpus, max_retries=self.max_retries,
                           retry_exceptions=list(RETRYABLE), **self._runtime)(_chunk_task)
         threads = max(1, int(self.num_cpus_per_task))
         pending = {task.remote(producer, str(root), c, self._sha256, threads, self.fault): c for c in chunks}
         failed: list[tuple[list[ModelConfig], Exception]] = []
-        total = len(run.chunks())
         with tqdm(total=total, initial=total - len(chunks), desc=f"{run.zoo.name} ({run.engine}, ray)",
                   unit="chunk", disable=not progress) as bar:
             try:

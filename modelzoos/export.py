@@ -288,9 +288,6 @@ def _resume_point(cdir: Path, epochs: Sequence[int]) -> Resume | None:
     return epoch, {k: torch.from_numpy(v) for k, v in state.items()}
 
 
-ChunkTrainer = Callable[[list[ModelConfig], "Resume | None"], Iterable["EpochResult"]]
-
-
 def write_chunk(root: Path, chunk: list[ModelConfig], run: Run, train: Callable[[Resume | None],
                 Iterable[EpochResult]], bar: tqdm | None = None) -> None:
     """Save the epochs of ``run`` (its ``stored_epochs``) that ``train(resume)`` yields into the chunk's directory;
@@ -452,13 +449,16 @@ class LocalBackend:
         return producer.describe()
 
     def write(self, root: Path, producer: Producer, chunks: list[list[ModelConfig]], progress: bool) -> None:
-        run = producer.run
-        states = len(run.stored_epochs())
-        done = (run.models - sum(map(len, chunks))) * states
-        with tqdm(total=run.models * states, initial=done, desc=f"{run.zoo.name} ({run.engine})", unit="state",
-                  disable=not progress) as bar:
+        with state_bar(producer.run, chunks, progress) as bar:
             for chunk in chunks:
-                write_chunk(root, chunk, run, partial(producer, chunk), bar)
+                write_chunk(root, chunk, producer.run, partial(producer, chunk), bar)
+
+
+def state_bar(run: Run, chunks: list[list[ModelConfig]], progress: bool) -> tqdm:
+    """The progress bar over the run's model states, starting at those outside the pending ``chunks``."""
+    states = len(run.stored_epochs())
+    return tqdm(total=run.models * states, initial=(run.models - sum(map(len, chunks))) * states,
+                desc=f"{run.zoo.name} ({run.engine})", unit="state", disable=not progress)
 
 
 def produce(root: str | Path, producer: Producer, backend: Backend | None = None, progress: bool = True) -> ZooDir:

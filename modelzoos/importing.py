@@ -42,10 +42,12 @@ from modelzoos.catalogue import TWIN_EPOCHS, ModelConfig, Zoo
 from modelzoos.export import (
     HYPERPARAMETERS,
     METADATA_SCHEMA,
+    LocalBackend,
     Run,
     ZooDir,
     describe,
     produce,
+    state_bar,
     write_chunk,
 )
 from modelzoos.files import DIGESTS, check_ours, write_json
@@ -325,29 +327,19 @@ def _worker_chunk(chunk: list[ModelConfig]) -> None:
 
 
 @dataclass(frozen=True)
-class PoolBackend:
+class PoolBackend(LocalBackend):
     """``export.Backend`` writing the chunks in ``workers`` local processes (one torch thread each), with one
     progress bar over states. Every process opens the sources itself, so only random-access sources qualify."""
 
     workers: int
 
-    def session(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
-
-    def describe(self, producer: Import) -> dict:
-        return producer.describe()
-
     def write(self, root: Path, producer: Import, chunks: list[list[ModelConfig]], progress: bool) -> None:
-        run = producer.run
-        states = len(run.stored_epochs())
         # fork where the platform has it (as torch's DataLoader workers): the workers start without importing again
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
         updates = context.Queue()
-        done = (run.models - sum(map(len, chunks))) * states
         for source in producer.index.sources:  # a forked worker must not share this process's file offsets
             source.close()
-        with (tqdm(total=run.models * states, initial=done, desc=f"{run.zoo.name} (import)", unit="state",
-                   disable=not progress) as bar,
+        with (state_bar(producer.run, chunks, progress) as bar,
               ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_init,
                                   initargs=(producer, str(root), updates)) as pool):
             futures = [pool.submit(_worker_chunk, c) for c in chunks]
