@@ -60,6 +60,11 @@ def _as_long(x: int | torch.Tensor, device: torch.device | None) -> torch.Tensor
     return torch.as_tensor(x, dtype=torch.int64, device=device) & _MASK
 
 
+def stream_mix(stream: int) -> int:
+    """The constant a stream adds to a key's hash in ``random_bits`` (the fused kernels take it precomputed)."""
+    return (stream * 0x632BE5AB) & _MASK
+
+
 def random_bits(key: int | torch.Tensor, stream: int, step: int | torch.Tensor,
                 index: torch.Tensor) -> torch.Tensor:
     """Uniform 32-bit integers (int64 tensor in [0, 2³²)) for every ``index``; arguments broadcast.
@@ -72,7 +77,7 @@ def random_bits(key: int | torch.Tensor, stream: int, step: int | torch.Tensor,
     h = _fmix((key & _MASK) ^ 0x9E3779B9)
     lane = key >> 32
     h = torch.where(lane == 0, h, _fmix((h + lane * 0x165667B1) & _MASK))
-    h = _fmix((h + stream * 0x632BE5AB) & _MASK)
+    h = _fmix((h + stream_mix(stream)) & _MASK)
     h = _fmix((h + _as_long(step, device)) & _MASK)
     return _fmix((h + (index.to(torch.int64) & _MASK) * 0x27D4EB2F) & _MASK)
 

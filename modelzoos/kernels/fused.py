@@ -22,13 +22,12 @@ import torch
 
 from modelzoos import randomness
 from modelzoos.architectures import LayerSpec
-from modelzoos.optimizers import adam_corrections
+from modelzoos.optimizers import OPTIMIZERS, adam_corrections
 from modelzoos.population import Group, KernelStep, PopulationCNN
 from modelzoos.training import numerics
 
 ACTIVATION_CODES = {"tanh": 0, "sigmoid": 1, "relu": 2, "gelu": 3}  # cnn_step's ACT
 OPTIMIZER_CODES = {"adam": 0, "sgd": 1}  # cnn_step's OPT
-OPTIMIZER_SLOTS = {"adam": ("exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer", "momentum_buffer")}
 LAYER_KINDS = ("conv", "conv", "conv", "linear", "linear")  # the layer tables the kernel covers: CNN-s, CNN-m
 # Launch shape, chosen without a GPU so far (benchmarks/kernels.py compile: no spills for sm_90; the GPU
 # sweep of benchmarks/kernels.py steps picks among these once measured)
@@ -36,7 +35,6 @@ BLOCK_ROWS = 32  # output positions per tile of a convolution stage
 BLOCK_K = 16  # reduction elements per product (channels × taps): an FMA dot holds its K extent per thread
 NUM_WARPS = 4  # per program (one model)
 NUM_STAGES = 1  # no software pipelining: Triton's default (3) multi-buffers every loop's loads in shared memory
-_HASH_MASK = 0xFFFFFFFF
 
 
 class KernelError(RuntimeError):
@@ -86,7 +84,7 @@ def plan(specs: tuple[LayerSpec, ...], in_channels: int, size: int, classes: int
         channels = s.out
     c |= {"F4": specs[3].out, "D4": int(specs[3].dropout and dropout), "F5": classes, "F4P": _pad(specs[3].out),
           "F5P": _pad(classes)}
-    c |= {f"MIX{i + 1}": ((randomness.DROPOUT + i) * 0x632BE5AB) & _HASH_MASK for i in range(4)}
+    c |= {f"MIX{i + 1}": randomness.stream_mix(randomness.DROPOUT + i) for i in range(4)}
     c |= {"BMAX": batch, "BP": _pad(batch), "BR": block_rows, "ACT": ACTIVATION_CODES[activation],
           "OPT": OPTIMIZER_CODES[optimizer], "PREC": "tf32" if tf32 else "ieee"}
     return Plan(c, scratch, argmax)
@@ -147,7 +145,9 @@ class FusedStep:
         params = [g.params[k].detach() for k in names]
         self.grads = {k: torch.zeros_like(params[i]) for i, k in enumerate(names)} if store_grads else {}
         self.store_grads = store_grads
-        state = [g.opt_state[f"{k}.{slot}"] for slot in OPTIMIZER_SLOTS[config.optimizer] for k in names]
+        slots = OPTIMIZERS[config.optimizer].slots
+        # cnn_step reads two state blocks: an optimizer with one slot (SGD's momentum) gives it for both
+        state = [g.opt_state[f"{k}.{slot}"] for slot in (slots * 2)[:2] for k in names]
         # cnn_step's address table: parameters, gradients (unused without store_grads), first and second state
         tensors = [*params, *(self.grads.values() if store_grads else params), *state]
         if not all(t.is_contiguous() and t.dtype == torch.float32 for t in tensors):
