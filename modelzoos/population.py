@@ -74,8 +74,9 @@ class Group:
 
     @property
     def dropout(self) -> torch.Tensor | None:
-        """``p``, or None when no model of the group drops out (then no masks are drawn)."""
-        return self.p if bool((self.p > 0).any()) else None
+        """``p``, or None when no model of the group drops out (then no masks are drawn); read from the configs
+        (``p`` holds their dropout), so no device sync."""
+        return self.p if any(c.dropout > 0 for c in self.configs) else None
 
 
 def dropout(h: torch.Tensor, seeds: torch.Tensor, p: torch.Tensor, stream: int, step: int | torch.Tensor,
