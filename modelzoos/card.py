@@ -108,10 +108,15 @@ def size_category(rows: int) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _md_table(head: list[str], rows: list[list[str]]) -> str:
+def markdown_table(head: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table (lines joined by newlines); cells are written as given (escape ``|`` in them first)."""
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _md_table(head: list[str], rows: list[list]) -> str:
+    """``markdown_table`` of any values, ``|`` escaped (the card's cells hold user text)."""
+    return markdown_table(head, [[str(c).replace("|", "\\|") for c in row] for row in rows])
 
 
 def _fmt(values) -> str:

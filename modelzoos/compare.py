@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 from modelzoos.architectures import Layout
 from modelzoos.baselines.data import rows_per_batch
 from modelzoos.baselines.features import stat_entries
+from modelzoos.card import markdown_table
 from modelzoos.catalogue import GRID_AXES, Zoo
 from modelzoos.export import HYPERPARAMETERS, ZooDir, differences
 from modelzoos.files import atomic_write, write_json, write_text
@@ -511,11 +512,6 @@ def _ranges(epochs: list[int]) -> str:
     return ", ".join(parts) or "—"
 
 
-def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|",
-            *("| " + " | ".join(r) + " |" for r in rows)]
-
-
 def _describe_side(side: dict) -> str:
     where = f"`{side['path']}`" if side["kind"] == "zoo directory" else f"`{side['repo']}` config `{side['config']}`"
     run = (f", engine {side['engine']} (chunks of {side['chunk_size']}), device {side['device']}, numerics "
@@ -560,8 +556,9 @@ def markdown(c: Comparison) -> str:
     rows = [[r["statistic"], f"`{r['quantity']}`", _verdict_cell(r), _num(r["effect"]), _p(r["p_adjusted"]),
              f"{r['n_a']} / {r['n_b']}", _num(r["resolution"], 2)]
             for r in summary if r["quantity"] in (*METRICS, "nonfinite")]
-    lines += _table(["statistic", "quantity", "verdict over the epochs", "largest effect", "smallest adj. p",
-                     "n A / B (last epoch)", "KS resolution (last epoch)"], rows)
+    head = ["statistic", "quantity", "verdict over the epochs", "largest effect", "smallest adj. p",
+            "n A / B (last epoch)", "KS resolution (last epoch)"]
+    lines.append(markdown_table(head, rows))
     tensors = {r["quantity"].rsplit(".", 1)[0]: {} for r in summary if r["quantity"] not in (*METRICS, "nonfinite")}
     for r in summary:
         if r["quantity"] not in (*METRICS, "nonfinite"):
@@ -569,23 +566,25 @@ def markdown(c: Comparison) -> str:
             tensors[tensor][statistic] = _verdict_cell(r)
     if tensors:
         lines += ["", "## All models: weight statistics per parameter tensor (distribution tests)", ""]
-        lines += _table(["tensor", *WEIGHT_STATISTICS], [[f"`{t}`", *(v.get(s, "—") for s in WEIGHT_STATISTICS)]
-                                                          for t, v in tensors.items()])
+        rows = [[f"`{t}`", *(v.get(s, "—") for s in WEIGHT_STATISTICS)] for t, v in tensors.items()]
+        lines.append(markdown_table(["tensor", *WEIGHT_STATISTICS], rows))
     last = c.epochs[-1]
     final = [t for t in c.select(scope="all", epoch=last, statistic="distribution") if t["quantity"] in METRICS]
     lines += ["", f"## Epoch {last}: metrics, median [5 %, 95 %]", ""]
-    lines += _table(["quantity", "A", "B", f"median B − A [{CONFIDENCE:.0%} CI]", "KS D", "adj. p", "verdict"], [
+    head = ["quantity", "A", "B", f"median B − A [{CONFIDENCE:.0%} CI]", "KS D", "adj. p", "verdict"]
+    lines.append(markdown_table(head, [
         [f"`{t['quantity']}`", _quantile_cell(t["quantiles_a"]), _quantile_cell(t["quantiles_b"]),
          f"{_num(t['median_difference'])} [{', '.join(_num(v) for v in t['median_interval'] or [])}]",
-         _num(t["effect"]), _p(t["p_adjusted"]), t["verdict"]] for t in final])
+         _num(t["effect"]), _p(t["p_adjusted"]), t["verdict"]] for t in final]))
     paired = c.select(scope="all", epoch=last, statistic="paired")
     if paired:
         lines += ["", f"## Epoch {last}: paired models (same id and hyperparameters on both sides: {paired[0]['n_a']})",
                   ""]
-        lines += _table(["quantity", "Pearson r", "Spearman ρ", "B − A: median [5 %, 95 %]", "mean B − A",
-                         "Wilcoxon adj. p", "verdict"], [
+        head = ["quantity", "Pearson r", "Spearman ρ", "B − A: median [5 %, 95 %]", "mean B − A", "Wilcoxon adj. p",
+                "verdict"]
+        lines.append(markdown_table(head, [
             [f"`{t['quantity']}`", _num(t["pearson"]), _num(t["spearman"]), _quantile_cell(t["difference_quantiles"]),
-             _num(t["mean_difference"]), _p(t["p_adjusted"]), t["verdict"]] for t in paired])
+             _num(t["mean_difference"]), _p(t["p_adjusted"]), t["verdict"]] for t in paired]))
     groups = [s for s in dict.fromkeys(t["scope"] for t in c.tests) if s != "all"]
     if groups:
         lines += ["", "## Hyperparameter groups (every statistic over the epochs)", ""]
@@ -598,7 +597,8 @@ def markdown(c: Comparison) -> str:
             rows.append([f"`{scope}`", f"{n['n_a']} / {n['n_b']}", overall(verdicts),
                          str(verdicts.count(DIFFERS)), str(verdicts.count(TOO_FEW)), str(verdicts.count(SAME)),
                          ", ".join(differ[:6]) + (" …" if len(differ) > 6 else "") or "—"])
-        lines += _table(["group", "models A / B", "verdict", "differ", "too few", "same", "what differs"], rows)
+        head = ["group", "models A / B", "verdict", "differ", "too few", "same", "what differs"]
+        lines.append(markdown_table(head, rows))
     lines += ["", "Figures: `compare.png` (learning-curve bands: median, 25–75 % and 5–95 %; final-epoch "
               f"`{FIGURE_METRICS[0]}` histograms; its quantile-quantile plot). Every test: `report.json`."]
     return "\n".join(lines) + "\n"

@@ -65,6 +65,7 @@ from modelzoos.baselines.probes import (
 )
 from modelzoos.baselines.sampling import METHODS, SamplingConfig, sample_and_evaluate
 from modelzoos.baselines.sane import SaneConfig, train_sane
+from modelzoos.card import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -257,11 +258,6 @@ def _cell(result: dict | None) -> str:
     return _fmt(result["test"]) + "".join(MARKS[f] for f in result.get("flags", ()))
 
 
-def _table(head: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
 def _epochs_text(epochs: list[int]) -> str:
     contiguous = epochs == list(range(epochs[0], epochs[-1] + 1))
     return f"{epochs[0]}–{epochs[-1]}" if contiguous and len(epochs) > 2 else ", ".join(map(str, epochs))
@@ -279,7 +275,7 @@ def filtering_table(filtering: dict[str, Any]) -> str:
 
     rows = [[split, pair(c), *(pair(c[r]) for r in filtering["rules"]), str(c["models_emptied"]),
              f"{c['kept_states']} ({c['kept_models']})"] for split, c in filtering["splits"].items()]
-    return _table(head, rows)
+    return markdown_table(head, rows)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -306,7 +302,7 @@ def markdown(results: dict[str, Any]) -> str:
             first = probe == next(iter(entry["probes"]))
             rows.append([name, probe, str(entry["dims"]), *cells, f"{entry['time_s']:.1f}" if first else "",
                          f"{entry['peak_rss_mb']:.0f}" if first else ""])
-    lines.append(_table(head, rows))
+    lines.append(markdown_table(head, rows))
     if results.get("sampling"):
         lines += ["", sampling_table(results["sampling"])]
     return "\n".join(lines)
@@ -336,7 +332,7 @@ def sampling_table(s: dict[str, Any]) -> str:
             "nearest training checkpoint: rel. distance", "n"]
     return "\n".join([f"Sampling (generator: {s['generator']}; {s['time_s']:.1f} s, peak {s['peak_rss_mb']:.0f} MB; "
                       f"relative distance between two training models: "
-                      f"{near['between_models']['relative_median']:.3f}):", "", _table(head, rows)])
+                      f"{near['between_models']['relative_median']:.3f}):", "", markdown_table(head, rows)])
 
 
 def figure(plots: dict[str, Any], path: Path) -> None:
