@@ -14,6 +14,7 @@ Commands (every result lands in ``--out`` as JSON + markdown; rerunning a varian
     python benchmarks/bench_digits.py ablation sane ...
     python benchmarks/bench_digits.py sampling --repo runs/hub --config digits_cnn_seed --out DIR --variants a,b
     python benchmarks/bench_digits.py mixing --repo runs/hub --config digits_cnn_seed --epochs-filter 11-15 --out DIR
+    python benchmarks/bench_digits.py copies --repo runs/hub --config digits_cnn_seed --epochs-filter 11-15 --out DIR
     python benchmarks/bench_digits.py table --out DIR          # the ablation / sampling table of DIR's JSONs
 
 Ablation variants are named entries of ``HYPERREP`` / ``SANE`` below (validation scores choose between
@@ -33,10 +34,11 @@ import numpy as np
 import torch
 
 from modelzoos.baselines.bench import markdown, run_bench, sampling_table
-from modelzoos.baselines.data import ZooSource, parse_epochs, parse_threshold
+from modelzoos.baselines.data import ZooSource, parse_threshold
 from modelzoos.baselines.hyperrep import HyperRepConfig
 from modelzoos.baselines.sampling import SamplingConfig, anchors, kde_sample
 from modelzoos.baselines.sane import SaneConfig
+from modelzoos.cli import parse_epochs
 from modelzoos.data import load_image_data
 from modelzoos.loading import WEIGHTS, evaluate_row
 from modelzoos.transforms import Permutation, PermutationSpec
@@ -55,6 +57,15 @@ HYPERREP: dict[str, HyperRepConfig] = {
     "default_rows": dataclasses.replace(DEFAULT, models_per_batch=0),
     "default_erase": dataclasses.replace(DEFAULT, erase_p=0.5),
     "default_token": dataclasses.replace(DEFAULT, pooling="token"),
+    # capacity and training length (the hyperparameter zoo)
+    "default_l128": dataclasses.replace(DEFAULT, latent=128, projection=(128, 64)),
+    "default_e60": dataclasses.replace(DEFAULT, epochs=60),
+    "default_g01": dataclasses.replace(DEFAULT, gamma=0.1),
+    "default_big": dataclasses.replace(DEFAULT, d_model=128, ffn=256, latent=128, projection=(128, 64), epochs=40),
+    "default_g09": dataclasses.replace(DEFAULT, gamma=0.9),
+    "l128_g09": dataclasses.replace(DEFAULT, latent=128, projection=(128, 64), gamma=0.9),
+    "l128_mpb8": dataclasses.replace(DEFAULT, latent=128, projection=(128, 64), models_per_batch=8),
+    "l256": dataclasses.replace(DEFAULT, latent=256, projection=(256, 128)),
 }
 
 SANE: dict[str, SaneConfig] = {
@@ -187,6 +198,54 @@ def mixing(args: argparse.Namespace) -> None:
     print({k: (round(float(np.mean(v)), 3) if isinstance(v, list) else v) for k, v in record.items()})
 
 
+def copies(args: argparse.Namespace) -> None:
+    """The scale of "a sample is a copy": relative distance (as ``sampling.nearest_checkpoints``: ‖a − b‖ ÷ ‖b‖)
+    between epochs e and e + k of the same training model, and the test accuracy of the top-30 % anchors
+    (``samples`` of them, drawn at random) with Gaussian noise of a given relative norm added (isotropic, or per
+    tensor in proportion to its norm)."""
+    source = ZooSource(args.repo, args.config, parse_epochs(args.epochs_filter), args.weight_threshold)
+    meta = source.metadata("train")
+    weights = source.weights("train", np.arange(len(meta["epoch"]))).double().numpy()
+    row = {(int(m), int(e)): i for i, (m, e) in enumerate(zip(meta["model_id"], meta["epoch"], strict=True))}
+    record: dict[str, Any] = {"zoo": args.config, "epochs": args.epochs_filter, "epoch_gap": {}}
+    for gap in (1, 2, 4):
+        rel = [np.linalg.norm(weights[row[m, e + gap]] - weights[i]) / np.linalg.norm(weights[i])
+               for (m, e), i in row.items() if (m, e + gap) in row]
+        if rel:
+            record["epoch_gap"][gap] = {"median": float(np.median(rel)), "p10": float(np.quantile(rel, 0.1)),
+                                        "p90": float(np.quantile(rel, 0.9)), "pairs": len(rel)}
+    info, data = source.info, load_image_data(source.info.zoo.data)
+    rng = np.random.default_rng(0)
+    top = anchors(meta, 0.3)
+    chosen = weights[rng.choice(top, min(args.samples, len(top)), replace=False)]  # anchors of every rank
+    tensors = [slice(e.offset, e.offset + e.numel) for e in source.layout.entries]
+
+    def accuracy(flat: np.ndarray) -> float:
+        row = {WEIGHTS: torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32)), "activation": "tanh",
+               "dropout": 0.0}
+        return evaluate_row(row, info, data=data)[1]
+
+    record["anchor_acc"] = [accuracy(w) for w in chosen]
+    record["noise"] = {}
+    for scale in (0.05, 0.1, 0.23, 0.5):
+        for kind in ("isotropic", "per_tensor"):
+            accs = []
+            for w in chosen:
+                noise = rng.standard_normal(w.shape)
+                if kind == "isotropic":
+                    noise *= scale * np.linalg.norm(w) / np.linalg.norm(noise)
+                else:
+                    for t in tensors:
+                        noise[t] *= scale * np.linalg.norm(w[t]) / np.linalg.norm(noise[t])
+                accs.append(accuracy(w + noise))
+            record["noise"][f"{kind} {scale}"] = accs
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "copies.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps({"epoch_gap": record["epoch_gap"], "anchor_acc": float(np.mean(record["anchor_acc"])),
+                      **{k: f"{np.mean(v):.3f} ± {np.std(v):.3f}" for k, v in record["noise"].items()}}, indent=1))
+
+
 def bench(args: argparse.Namespace) -> None:
     baselines = [b for b in args.baselines.split(",") if b]
     results = run_bench(args.repo, args.config, baselines, args.out, device=args.device,
@@ -199,7 +258,7 @@ def bench(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("bench", "ablation", "sampling", "mixing", "table"):
+    for name in ("bench", "ablation", "sampling", "mixing", "copies", "table"):
         p = sub.add_parser(name)
         if name == "ablation":
             p.add_argument("kind", choices=("hyperrep", "sane"))
@@ -211,14 +270,14 @@ def main() -> None:
         p.add_argument("--epochs-filter", default=None)
         p.add_argument("--weight-threshold", default="5", type=parse_threshold)
         p.add_argument("--device", default="cpu")
-        if name == "mixing":
-            p.add_argument("--samples", type=int, default=10)
+        if name in ("mixing", "copies"):
+            p.add_argument("--samples", type=int, default=10 if name == "mixing" else 20)
         elif name == "bench":
             p.add_argument("--baselines", default="stats,weights,hyperrep,sane")
             p.add_argument("--hyperrep", default="default", choices=sorted(HYPERREP))
             p.add_argument("--sane", default="default", choices=sorted(SANE))
             p.add_argument("--sampling", default="default", choices=sorted(SAMPLING))
-        elif name != "mixing":
+        elif name not in ("mixing", "copies"):
             p.add_argument("--variants", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -227,7 +286,7 @@ def main() -> None:
     elif args.command == "ablation":
         ablation(args.kind, args)
     else:
-        {"bench": bench, "sampling": sampling, "mixing": mixing}[args.command](args)
+        {"bench": bench, "sampling": sampling, "mixing": mixing, "copies": copies}[args.command](args)
 
 
 if __name__ == "__main__":

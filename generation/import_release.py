@@ -22,7 +22,8 @@ import json
 from pathlib import Path
 
 from modelzoos.catalogue import TWIN_EPOCHS, list_zoos, twin_name
-from modelzoos.importing import ImportSummary, import_twins, import_zoo, parse_epochs
+from modelzoos.cli import parse_epochs
+from modelzoos.importing import ImportSummary, import_twins, import_zoo
 from modelzoos.publish import build_repo
 from modelzoos.release import index, open_source
 from modelzoos.twins import SOURCES
@@ -61,7 +62,7 @@ def main() -> None:
     p.add_argument("--optimizer-state", action="store_true",
                    help="also keep the zoos' optimizer states (not the twins'; docs/import.md)")
     args = p.parse_args()
-    epochs = None if args.epochs is None else parse_epochs(args.epochs)
+    epochs = parse_epochs(args.epochs)
     found = experiments(args.downloads)
     zoos = {z.source: z for z in list_zoos(args.pattern, published=True) if z.source}
     twins = {experiment: zoo for (zoo, method), experiment in SOURCES.items() if method == "vd"}

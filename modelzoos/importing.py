@@ -366,18 +366,6 @@ def _drain(updates, bar: tqdm) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def parse_epochs(text: str) -> list[int]:
-    """``"0,25,50"`` / ``"50"`` / ``"0-10,50"`` → sorted epochs; ValueError naming the bad part."""
-    out = set()
-    for part in text.split(","):
-        a, sep, b = part.strip().partition("-")
-        try:
-            out.update(range(int(a), int(b) + 1) if sep else [int(a)])
-        except ValueError as err:
-            raise ValueError(f"--epochs: {part!r} is not an epoch or a range a-b (e.g. 0,25,50 or 0-50)") from err
-    return sorted(out)
-
-
 def _digests(sources: list, cache_path: Path) -> list[dict]:
     """{name, kind, bytes, sha256} per source; digests reused from ``cache_path`` while the source's size and
     modification time (``Source.fingerprint``) are those it was hashed at."""

@@ -24,7 +24,6 @@ from modelzoos.baselines.data import (
     ModelBatches,
     ZooSource,
     layer_ids,
-    parse_epochs,
     parse_threshold,
     removal_counts,
 )
@@ -141,10 +140,14 @@ def test_model_batches_hold_whole_runs(source):
 
 
 def test_parse_epochs():
-    assert parse_epochs("1-3,7") == (1, 2, 3, 7)
-    assert parse_epochs(None) is None
+    from modelzoos.cli import parse_epochs
+
+    assert parse_epochs("1-3,7") == (1, 2, 3, 7) and parse_epochs("0-2,50") == (0, 1, 2, 50)
+    assert parse_epochs(None) is None and parse_epochs("") is None
     with pytest.raises(ValueError, match="neither an epoch nor a range"):
         parse_epochs("x")
+    with pytest.raises(ValueError, match="'5-3' is not a range of epochs"):
+        parse_epochs("0,5-3")
 
 
 # ---------------------------------------------------------------------------------------------------------

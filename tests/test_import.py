@@ -39,7 +39,7 @@ from modelzoos import export
 from modelzoos.catalogue import get_zoo
 from modelzoos.cli import main
 from modelzoos.export import ZooDir
-from modelzoos.importing import import_twins, import_zoo, parse_epochs, summarize
+from modelzoos.importing import import_twins, import_zoo, summarize
 from modelzoos.release import ReleaseError
 
 SEED_EXPERIMENT = "tune_zoo_mnist_uniform"
@@ -271,7 +271,6 @@ def test_epoch_subset_and_cli(seed_release, tmp_path, capsys):
     assert main(["import", str(seed_release["tar"]), "--zoo", "mnist_cnn_hyp_fix", "--out", str(tmp_path / "x"),
                  "--experiment", SEED_EXPERIMENT, "--quiet"]) == 2
     assert "training::epochs_train = 2" in capsys.readouterr().err
-    assert parse_epochs("0-2,50") == [0, 1, 2, 50]
 
 
 def test_a_trial_outside_the_spec_is_an_error_naming_trial_and_key(seed_release, tmp_path):

@@ -114,23 +114,6 @@ def rows_per_batch(dim: int, budget: int = BATCH_BYTES, cap: int = 256) -> int:
     return max(1, min(cap, budget // (4 * dim)))
 
 
-def parse_epochs(text: str | None) -> tuple[int, ...] | None:
-    """``"5,10,15"`` / ``"1-15"`` / ``"0,5-7"`` → sorted epochs; None or ``""`` → None (all stored epochs)."""
-    if not text:
-        return None
-    epochs: set[int] = set()
-    for part in text.split(","):
-        a, _, b = part.strip().partition("-")
-        try:
-            first, last = int(a), int(b or a)
-        except ValueError as err:
-            raise ValueError(f"epoch filter {text!r}: {part!r} is neither an epoch nor a range a-b") from err
-        if first < 0 or last < first:
-            raise ValueError(f"epoch filter {text!r}: {part!r} is not a range of epochs ≥ 0")
-        epochs.update(range(first, last + 1))
-    return tuple(sorted(epochs))
-
-
 @dataclass
 class ZooSource:
     """One config of a dataset repository (local folder or Hub id), as the baselines read it.

@@ -43,6 +43,25 @@ def human_size(nbytes: float) -> str:
     raise AssertionError("unreachable")
 
 
+def parse_epochs(text: str | None) -> tuple[int, ...] | None:
+    """``"0,25,50"`` / ``"1-15"`` / ``"0,5-7"`` → sorted epochs; None or ``""`` → None (every stored epoch).
+    ValueError naming the bad part (not a number, a reversed range, a negative epoch)."""
+    if not text:
+        return None
+    epochs: set[int] = set()
+    for part in text.split(","):
+        a, _, b = part.strip().partition("-")
+        try:
+            first, last = int(a), int(b or a)
+        except ValueError as err:
+            raise ValueError(f"epochs {text!r}: {part!r} is neither an epoch nor a range a-b "
+                             "(e.g. 0,25,50 or 0-50)") from err
+        if first < 0 or last < first:
+            raise ValueError(f"epochs {text!r}: {part!r} is not a range of epochs ≥ 0")
+        epochs.update(range(first, last + 1))
+    return tuple(sorted(epochs))
+
+
 def add_threads(parser: argparse.ArgumentParser) -> None:
     """The ``--threads`` option of the commands that train (read by ``set_threads``)."""
     parser.add_argument("--threads", type=int, default=None,

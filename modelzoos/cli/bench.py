@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from modelzoos.cli import add_threads, set_threads
+from modelzoos.cli import add_threads, parse_epochs, set_threads
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from modelzoos.baselines.bench import BASELINES, markdown, run_bench
-    from modelzoos.baselines.data import parse_epochs, parse_threshold
+    from modelzoos.baselines.data import parse_threshold
     from modelzoos.repository import config_info
     from modelzoos.training import check_device
 

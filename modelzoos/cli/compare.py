@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from modelzoos.cli import parse_epochs
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="compare two zoos of one spec side by side: distributions, tests, verdicts",
@@ -46,7 +48,6 @@ def sides(args: argparse.Namespace) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from modelzoos.baselines.data import parse_epochs
     from modelzoos.compare import ALPHA, compare, markdown, write_report
 
     a, b = sides(args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from modelzoos.cli import human_size
+from modelzoos.cli import human_size, parse_epochs
 
 SHOWN = 10  # problems and missing states listed before "… and N more"
 
@@ -49,9 +49,9 @@ def _listed(lines: list[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from modelzoos.catalogue import get_zoo
-    from modelzoos.importing import import_twins, import_zoo, parse_epochs
+    from modelzoos.importing import import_twins, import_zoo
 
-    options = {"epochs": None if args.epochs is None else parse_epochs(args.epochs), "experiment": args.experiment,
+    options = {"epochs": parse_epochs(args.epochs), "experiment": args.experiment,
                "source_url": args.source_url, "workers": args.workers, "chunk_size": args.chunk_size,
                "progress": not args.quiet}
     if args.zoo is not None:
