@@ -14,6 +14,7 @@ Commands (every result lands in ``--out`` as JSON + markdown; rerunning a varian
     python benchmarks/bench_digits.py ablation sane ...
     python benchmarks/bench_digits.py sampling --repo runs/hub --config digits_cnn_seed --out DIR --variants a,b
     python benchmarks/bench_digits.py mixing --repo runs/hub --config digits_cnn_seed --epochs-filter 11-15 --out DIR
+    python benchmarks/bench_digits.py coverage --repo runs/hub --config CONFIG --variant NAME --out DIR
     python benchmarks/bench_digits.py copies --repo runs/hub --config digits_cnn_seed --epochs-filter 11-15 --out DIR
     python benchmarks/bench_digits.py table --out DIR          # the ablation / sampling table of DIR's JSONs
 
@@ -35,37 +36,42 @@ import torch
 
 from modelzoos.baselines.bench import markdown, run_bench, sampling_table
 from modelzoos.baselines.data import ZooSource, parse_threshold
-from modelzoos.baselines.hyperrep import HyperRepConfig
+from modelzoos.baselines.features import layer_statistics, stat_names
+from modelzoos.baselines.hyperrep import HyperRepConfig, train_hyperrep
+from modelzoos.baselines.probes import standardized_ridge_probe
 from modelzoos.baselines.sampling import SamplingConfig, anchors, kde_sample
 from modelzoos.baselines.sane import SaneConfig
 from modelzoos.cli import parse_epochs
 from modelzoos.data import load_image_data
 from modelzoos.loading import WEIGHTS, evaluate_row
+from modelzoos.repository import SPLITS
 from modelzoos.transforms import Permutation, PermutationSpec
 
 # R21's recipe (MNIST-Hyp: compression token, layer-wise statistics, erasing p 0.5, shuffled rows, γ 0.1) at our
-# model size, and one change at a time from it and from the seed-zoo defaults.
+# model size; V1, the defaults chosen on the seed zoo (latent 32, γ 0.5); one change at a time from each; and the
+# defaults (latent 128, γ 0.9), chosen on validation over three seeds on both digits zoos (BENCHMARKS.md).
 R21 = HyperRepConfig(pooling="token", normalisation="layer", erase_p=0.5, models_per_batch=0, gamma=0.1)
 DEFAULT = HyperRepConfig()
+V1 = dataclasses.replace(DEFAULT, latent=32, projection=(64, 32), gamma=0.5)
 HYPERREP: dict[str, HyperRepConfig] = {
     "default": DEFAULT,
+    **{f"default_seed{s}": dataclasses.replace(DEFAULT, seed=s) for s in (1, 2)},
+    "default_mpb8": dataclasses.replace(DEFAULT, models_per_batch=8),
     "r21": R21,
     "r21_mean": dataclasses.replace(R21, pooling="mean"),
     "r21_tensor": dataclasses.replace(R21, normalisation="tensor"),
     "r21_noerase": dataclasses.replace(R21, erase_p=0.0),
     "r21_runs": dataclasses.replace(R21, models_per_batch=4),
-    "default_rows": dataclasses.replace(DEFAULT, models_per_batch=0),
-    "default_erase": dataclasses.replace(DEFAULT, erase_p=0.5),
-    "default_token": dataclasses.replace(DEFAULT, pooling="token"),
-    # capacity and training length (the hyperparameter zoo)
-    "default_l128": dataclasses.replace(DEFAULT, latent=128, projection=(128, 64)),
-    "default_e60": dataclasses.replace(DEFAULT, epochs=60),
-    "default_g01": dataclasses.replace(DEFAULT, gamma=0.1),
-    "default_big": dataclasses.replace(DEFAULT, d_model=128, ffn=256, latent=128, projection=(128, 64), epochs=40),
-    "default_g09": dataclasses.replace(DEFAULT, gamma=0.9),
-    "l128_g09": dataclasses.replace(DEFAULT, latent=128, projection=(128, 64), gamma=0.9),
-    "l128_mpb8": dataclasses.replace(DEFAULT, latent=128, projection=(128, 64), models_per_batch=8),
-    "l256": dataclasses.replace(DEFAULT, latent=256, projection=(256, 128)),
+    "v1": V1,
+    **{f"v1_seed{s}": dataclasses.replace(V1, seed=s) for s in (1, 2)},
+    "v1_rows": dataclasses.replace(V1, models_per_batch=0),
+    "v1_erase": dataclasses.replace(V1, erase_p=0.5),
+    "v1_token": dataclasses.replace(V1, pooling="token"),
+    "v1_l128": dataclasses.replace(V1, latent=128, projection=(128, 64)),
+    "v1_l256": dataclasses.replace(V1, latent=256, projection=(256, 128)),
+    "v1_e60": dataclasses.replace(V1, epochs=60),
+    "v1_g01": dataclasses.replace(V1, gamma=0.1),
+    "v1_big": dataclasses.replace(V1, d_model=128, ffn=256, latent=128, projection=(128, 64), epochs=40),
 }
 
 SANE: dict[str, SaneConfig] = {
@@ -246,6 +252,40 @@ def copies(args: argparse.Namespace) -> None:
                       **{k: f"{np.mean(v):.3f} ± {np.std(v):.3f}" for k, v in record["noise"].items()}}, indent=1))
 
 
+def coverage(args: argparse.Namespace) -> None:
+    """What of s(W) the hyper-representation's z holds: for every one of the 70 statistics, the test R² of a
+    standardised ridge from z (λ on validation), and its median per statistic of weights / of biases (low:
+    z does not hold that statistic linearly); and how much test accuracy the standardised ridge reads from z,
+    from s(W), and from s(W) without each of those groups of statistics (which of them carry the signal)."""
+    source = ZooSource(args.repo, args.config, parse_epochs(args.epochs_filter), args.weight_threshold)
+    rep = train_hyperrep(source, HYPERREP[args.variant], progress=False)
+    z, stats = {}, {}
+    for split in SPLITS:
+        z[split], _ = source.extract(split, rep.embed)
+        stats[split], _ = source.extract(split, lambda w: layer_statistics(w, source.layout))
+    names = stat_names(source.layout)
+    r2 = {name: standardized_ridge_probe(z, {s: v[:, j] for s, v in stats.items()}).scores["test"]
+          for j, name in enumerate(names)}
+    groups: dict[str, list[int]] = {}
+    for j, name in enumerate(names):
+        tensor, stat = name.rsplit(".", 1)
+        groups.setdefault(f"{tensor.rsplit('.', 1)[1]} {stat}", []).append(j)
+    acc = {s: np.asarray(m["test_acc"]) for s, m in ((s, source.metadata(s)) for s in SPLITS)}
+
+    def acc_r2(x: dict[str, np.ndarray]) -> float:
+        return standardized_ridge_probe(x, acc).scores["test"]
+
+    record = {"zoo": args.config, "variant": args.variant, "epochs": args.epochs_filter, "r2": r2,
+              "median_by_group": {k: float(np.median([r2[names[j]] for j in v])) for k, v in groups.items()},
+              "test_acc_from_z": acc_r2(z), "test_acc_from_stats": acc_r2(stats),
+              "test_acc_from_stats_without": {k: acc_r2({s: np.delete(x, v, axis=1) for s, x in stats.items()})
+                                              for k, v in groups.items()}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"coverage_{args.variant}.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in record.items() if k != "r2"}, indent=1))
+
+
 def bench(args: argparse.Namespace) -> None:
     baselines = [b for b in args.baselines.split(",") if b]
     results = run_bench(args.repo, args.config, baselines, args.out, device=args.device,
@@ -258,7 +298,7 @@ def bench(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("bench", "ablation", "sampling", "mixing", "copies", "table"):
+    for name in ("bench", "ablation", "sampling", "mixing", "copies", "coverage", "table"):
         p = sub.add_parser(name)
         if name == "ablation":
             p.add_argument("kind", choices=("hyperrep", "sane"))
@@ -277,6 +317,8 @@ def main() -> None:
             p.add_argument("--hyperrep", default="default", choices=sorted(HYPERREP))
             p.add_argument("--sane", default="default", choices=sorted(SANE))
             p.add_argument("--sampling", default="default", choices=sorted(SAMPLING))
+        elif name == "coverage":
+            p.add_argument("--variant", default="default", choices=sorted(HYPERREP))
         elif name not in ("mixing", "copies"):
             p.add_argument("--variants", required=True)
     args = parser.parse_args()
@@ -286,7 +328,8 @@ def main() -> None:
     elif args.command == "ablation":
         ablation(args.kind, args)
     else:
-        {"bench": bench, "sampling": sampling, "mixing": mixing, "copies": copies}[args.command](args)
+        {"bench": bench, "sampling": sampling, "mixing": mixing, "copies": copies,
+         "coverage": coverage}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -349,6 +349,17 @@ def test_hyperrep_trains_and_embeds_held_out_models(source, hyperrep):
     assert decoded.shape == (3, source.dim) and torch.isfinite(decoded).all()
 
 
+def test_training_does_not_depend_on_what_the_source_read_before(repo):
+    # The cleaning's screening pass runs on first use of a split; it must not draw from torch's global RNG, or a
+    # hyper-representation trained on a fresh source differs from one trained after the bench read the metadata.
+    config = replace(TINY_HYPERREP, epochs=2)
+    fresh = train_hyperrep(ZooSource(repo, CONFIG), config, progress=False)
+    read = ZooSource(repo, CONFIG)
+    for split in REPOSITORY_SPLITS:
+        read.metadata(split)
+    assert train_hyperrep(read, config, progress=False).history == fresh.history
+
+
 def test_hyperrep_r21_variant_compression_token_and_shuffled_rows(source):
     config = replace(TINY_HYPERREP, pooling="token", models_per_batch=0, normalisation="layer", erase_p=0.5,
                      noise=0.01, epochs=3)

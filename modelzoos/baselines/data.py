@@ -197,14 +197,17 @@ class ZooSource:
         return self._maps["selection", split]
 
     def _screen(self, split: str, finite: dict[str, np.ndarray]) -> np.ndarray:
-        """One pass over the finite states' weights: bool [N], no |w| above the threshold."""
+        """One pass over the finite states' weights: bool [N], no |w| above the threshold. Its DataLoader has
+        its own generator: the pass runs on a split's first use, and drawing from torch's global RNG would
+        make a baseline's training depend on what was read before it seeded."""
         columns = (WEIGHTS, "model_id", "epoch")
+        own = torch.Generator()
         if self.streaming:
             stream = load_zoo(self.repo, self.config, split=split, streaming=True, filters=self.filters())
-            batches = iterable_loader(stream, self.rows, columns=list(columns))
+            batches = iterable_loader(stream, self.rows, columns=list(columns), generator=own)
         else:
             batches = DataLoader(WeightsDataset(self._finite(split), columns=columns), batch_size=self.rows,
-                                 collate_fn=collate_weights)
+                                 collate_fn=collate_weights, generator=own)
         within, keys = [], []
         for batch in batches:
             within.append(within_threshold(batch[WEIGHTS], self.weight_threshold))
