@@ -48,22 +48,27 @@ from modelzoos.repository import SPLITS
 from modelzoos.transforms import Permutation, PermutationSpec
 
 # R21's recipe (MNIST-Hyp: compression token, layer-wise statistics, erasing p 0.5, shuffled rows, γ 0.1) at our
-# model size; V1, the defaults chosen on the seed zoo (latent 32, γ 0.5); one change at a time from each; and the
-# defaults (latent 128, γ 0.9), chosen on validation over three seeds on both digits zoos (BENCHMARKS.md).
+# model size; V1, the defaults chosen on the seed zoo (mean pooling, latent 32, γ 0.5); V2 = V1 + latent 128 and
+# γ 0.9; the defaults = V2 + per-layer moments pooling; one change at a time from each. V1 → V2 → default were
+# chosen on validation over three seeds on both digits zoos (BENCHMARKS.md).
 R21 = HyperRepConfig(pooling="token", normalisation="layer", erase_p=0.5, models_per_batch=0, gamma=0.1)
 DEFAULT = HyperRepConfig()
-V1 = dataclasses.replace(DEFAULT, latent=32, projection=(64, 32), gamma=0.5)
+V2 = dataclasses.replace(DEFAULT, pooling="mean")
+V1 = dataclasses.replace(V2, latent=32, projection=(64, 32), gamma=0.5)
+SEEDS = (1, 2)
 HYPERREP: dict[str, HyperRepConfig] = {
     "default": DEFAULT,
-    **{f"default_seed{s}": dataclasses.replace(DEFAULT, seed=s) for s in (1, 2)},
-    "default_mpb8": dataclasses.replace(DEFAULT, models_per_batch=8),
+    **{f"default_seed{s}": dataclasses.replace(DEFAULT, seed=s) for s in SEEDS},
     "r21": R21,
     "r21_mean": dataclasses.replace(R21, pooling="mean"),
     "r21_tensor": dataclasses.replace(R21, normalisation="tensor"),
     "r21_noerase": dataclasses.replace(R21, erase_p=0.0),
     "r21_runs": dataclasses.replace(R21, models_per_batch=4),
+    "v2": V2,
+    **{f"v2_seed{s}": dataclasses.replace(V2, seed=s) for s in SEEDS},
+    "v2_mpb8": dataclasses.replace(V2, models_per_batch=8),
     "v1": V1,
-    **{f"v1_seed{s}": dataclasses.replace(V1, seed=s) for s in (1, 2)},
+    **{f"v1_seed{s}": dataclasses.replace(V1, seed=s) for s in SEEDS},
     "v1_rows": dataclasses.replace(V1, models_per_batch=0),
     "v1_erase": dataclasses.replace(V1, erase_p=0.5),
     "v1_token": dataclasses.replace(V1, pooling="token"),

@@ -28,7 +28,7 @@ from modelzoos.baselines.data import (
     removal_counts,
 )
 from modelzoos.baselines.features import STATISTICS, layer_statistics, stat_names
-from modelzoos.baselines.hyperrep import HyperRepConfig, nt_xent, train_hyperrep
+from modelzoos.baselines.hyperrep import POOLINGS, HyperRepConfig, nt_xent, train_hyperrep
 from modelzoos.baselines.probes import (
     LAMBDAS,
     STD_LAMBDAS,
@@ -347,6 +347,16 @@ def test_hyperrep_trains_and_embeds_held_out_models(source, hyperrep):
     assert not set(meta["model_id"].tolist()) & set(source.metadata("train")["model_id"].tolist())
     decoded = hyperrep.decode(torch.from_numpy(z[:3]))
     assert decoded.shape == (3, source.dim) and torch.isfinite(decoded).all()
+
+
+def test_moments_pooling_is_each_layers_mean_and_std_of_the_token_outputs(source):
+    x, layer = torch.randn(2, 1 + 5, 3), torch.tensor([0, 0, 1, 1, 1])  # compression token first
+    pooled = POOLINGS["moments"][0](x, layer).view(2, 2, 2, 3)  # [B, layer, (mean, std), d]
+    for i, tokens in ((0, [1, 2]), (1, [3, 4, 5])):
+        torch.testing.assert_close(pooled[:, i, 0], x[:, tokens].mean(1))
+        torch.testing.assert_close(pooled[:, i, 1], x[:, tokens].std(1, unbiased=False))
+    rep = train_hyperrep(source, replace(TINY_HYPERREP, pooling="moments", epochs=2), progress=False)
+    assert rep.embed(next(iter(source.loader("test")))[WEIGHTS]).shape[1] == TINY_HYPERREP.latent
 
 
 def test_training_does_not_depend_on_what_the_source_read_before(repo):

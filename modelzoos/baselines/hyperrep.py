@@ -5,8 +5,9 @@ Pipeline (R21 and R22, docs/baselines.md), scaled down for CPUs:
 - tokens: one per output neuron / channel (``transforms.tokens_per_neuron``: incoming weights + bias,
   zero-padded; 48 tokens of length 201 for CNN-s), embedded by a separate linear map per layer;
 - encoder: a learned compression token is prepended, learned positions added, pre-norm transformer
-  blocks; the latent z ∈ [−1, 1]^latent is Linear → tanh of the *mean of the neuron tokens' outputs*
-  (``pooling="mean"``, default) or of the compression token's output (``pooling="token"``, R21);
+  blocks; the latent z ∈ [−1, 1]^latent is Linear → tanh of the *mean and std of the neuron tokens' outputs
+  per layer* (``pooling="moments"``, default), of their mean over all tokens (``"mean"``), or of the
+  compression token's output (``"token"``, R21): ``POOLINGS``;
 - decoder: Linear(z → T · d_model) + positions → blocks → a separate linear map per layer back to tokens;
 - loss: γ · NT-Xent(proj(z₁), proj(z₂)) + (1 − γ) · reconstruction over two views, the projection head
   an MLP with BatchNorm (R21). Reconstruction is the masked MSE of *standardised* tokens
@@ -23,11 +24,13 @@ The reconstruction target is the *permuted* view without erasing and noise (R21 
 itself, so its erasing was not denoising; docs/baselines.md). The probes see z of the un-augmented weights only.
 
 Defaults, chosen on validation scores (BENCHMARKS.md, "Hyper-representation on the seed zoo" and "… on
-``digits_cnn_hyp_lr10``"): mean pooling, per-tensor statistics, whole-run batches, no erasing (on the seed
-zoo), then latent 128 and γ 0.9 (on both digits zoos, mean over three seeds). Deviations from R21's configs:
-a far smaller model (d_model 64, latent 128 vs 800 / 700), lr 1e-3 instead of 1e-4, a constant learning rate,
-γ 0.9 instead of 0.1, and those four defaults; ``pooling="token"``, ``normalisation="layer"``,
-``models_per_batch=0``, ``erase_p=0.5`` and ``gamma=0.1`` give R21's recipe back.
+``digits_cnn_hyp_lr10``"): pooling of the token outputs, per-tensor statistics, whole-run batches, no erasing
+(on the seed zoo), then latent 128, γ 0.9 and per-layer moments pooling (on both digits zoos, mean over three
+seeds each; the moments give z the within-layer spreads, e.g. of the biases, that mean pooling loses and s(W)
+relies on). Deviations from R21's configs: a far smaller model (d_model 64, latent 128 vs 800 / 700), lr 1e-3
+instead of 1e-4, a constant learning rate, γ 0.9 instead of 0.1, and those four defaults;
+``pooling="token"``, ``normalisation="layer"``, ``models_per_batch=0``, ``erase_p=0.5`` and ``gamma=0.1``
+give R21's recipe back.
 """
 
 from __future__ import annotations
@@ -58,6 +61,33 @@ from modelzoos.transforms import (
 NORMALISATIONS = ("tensor", "layer", "none")
 
 
+def _mean(x: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
+    return x[:, 1:].mean(1)
+
+
+def _token(x: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
+    return x[:, 0]
+
+
+def _moments(x: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
+    """Per layer, the mean and the std over its neuron tokens' outputs, concatenated: [B, 2 · layers · d]."""
+    members = F.one_hot(layer).to(x.dtype)  # [T, layers]
+    counts = members.sum(0)[:, None]
+    mean = torch.einsum("btd,tl->bld", x[:, 1:], members) / counts
+    square = torch.einsum("btd,tl->bld", x[:, 1:] ** 2, members) / counts
+    return torch.cat([mean, (square - mean**2).clamp_min(1e-6).sqrt()], dim=2).flatten(1)
+
+
+# How the encoder's outputs [B, 1 + T, d] (compression token first) become the input of the latent map:
+# name → (function of the outputs and the tokens' layer ids [T], input width as a multiple of d per layer
+# (None: d itself)).
+POOLINGS: dict[str, tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], int | None]] = {
+    "mean": (_mean, None),
+    "token": (_token, None),
+    "moments": (_moments, 2),
+}
+
+
 @dataclass(frozen=True)
 class HyperRepConfig:
     """Sizes and training of the hyper-representation (defaults: digits CNN-s in ~2–3 min on 1 core)."""
@@ -69,7 +99,8 @@ class HyperRepConfig:
     ffn: int = 128
     latent: int = 128
     dropout: float = 0.1
-    pooling: str = "mean"  # "mean": mean of the neuron tokens' outputs; "token": the compression token (R21)
+    pooling: str = "moments"  # POOLINGS: "moments" (per-layer mean and std of the neuron tokens' outputs), "mean"
+    # (their mean), "token" (the compression token, R21)
     projection: tuple[int, int] = (128, 64)  # hidden and output width of the contrastive head
     # loss
     gamma: float = 0.9  # weight of NT-Xent; (1 − γ) weighs the reconstruction (R21 seed zoos: 0.1)
@@ -201,7 +232,11 @@ class HyperRepAE(nn.Module):
         self.compression = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.enc_positions = nn.Parameter(torch.randn(1, t + 1, d) * 0.02)
         self.encoder = _blocks(config)
-        self.to_latent = nn.Linear(d, config.latent)
+        if config.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {config.pooling!r}")
+        self.pool, per_layer = POOLINGS[config.pooling]
+        self.register_buffer("layer", layer, persistent=False)
+        self.to_latent = nn.Linear(d if per_layer is None else per_layer * len(fan_in) * d, config.latent)
         self.from_latent = nn.Linear(config.latent, t * d)
         self.dec_positions = nn.Parameter(torch.randn(1, t, d) * 0.02)
         self.decoder = _blocks(config)
@@ -210,15 +245,12 @@ class HyperRepAE(nn.Module):
         self.head = nn.Sequential(nn.Linear(config.latent, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
                                   nn.Linear(hidden, out), nn.BatchNorm1d(out))
         self.shape = (t, d)
-        if config.pooling not in ("mean", "token"):
-            raise ValueError(f"pooling must be 'mean' or 'token', got {config.pooling!r}")
-        self.pooling = config.pooling
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens)
         x = torch.cat([self.compression.expand(len(x), -1, -1), x], dim=1) + self.enc_positions
         x = self.encoder(x)
-        return torch.tanh(self.to_latent(x[:, 1:].mean(1) if self.pooling == "mean" else x[:, 0]))
+        return torch.tanh(self.to_latent(self.pool(x, self.layer)))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         x = self.from_latent(z).view(len(z), *self.shape) + self.dec_positions
