@@ -51,10 +51,10 @@ from modelzoos.transforms import Permutation, PermutationSpec
 # model size; V1, the defaults chosen on the seed zoo (mean pooling, latent 32, γ 0.5); V2 = V1 + latent 128 and
 # γ 0.9; the defaults = V2 + per-layer moments pooling; one change at a time from each. V1 → V2 → default were
 # chosen on validation over three seeds on both digits zoos (BENCHMARKS.md).
-R21 = HyperRepConfig(pooling="token", normalisation="layer", erase_p=0.5, models_per_batch=0, gamma=0.1)
 DEFAULT = HyperRepConfig()
 V2 = dataclasses.replace(DEFAULT, pooling="mean")
 V1 = dataclasses.replace(V2, latent=32, projection=(64, 32), gamma=0.5)
+R21 = dataclasses.replace(V1, pooling="token", normalisation="layer", erase_p=0.5, models_per_batch=0, gamma=0.1)
 SEEDS = (1, 2)
 HYPERREP: dict[str, HyperRepConfig] = {
     "default": DEFAULT,
@@ -88,7 +88,8 @@ SANE: dict[str, SaneConfig] = {
 
 # Generators (R22: a hyper-representation trained for reconstruction, with layer-wise loss normalisation, on
 # 5 consecutive late epochs per model): here epochs 11-15 of the seed zoo, latent 128, γ 0.05, 150 epochs.
-GENERATOR = HyperRepConfig(latent=128, gamma=0.05, epochs=150, models_per_batch=0, batch_size=32, permutations=0)
+GENERATOR = dataclasses.replace(V1, latent=128, gamma=0.05, epochs=150, models_per_batch=0, batch_size=32,
+                                permutations=0)
 LATE = tuple(range(11, 16))
 SAMPLING: dict[str, SamplingConfig] = {
     "default": SamplingConfig(),
