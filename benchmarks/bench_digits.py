@@ -59,6 +59,8 @@ SEEDS = (1, 2)
 HYPERREP: dict[str, HyperRepConfig] = {
     "default": DEFAULT,
     **{f"default_seed{s}": dataclasses.replace(DEFAULT, seed=s) for s in SEEDS},
+    "extremes": dataclasses.replace(DEFAULT, pooling="extremes"),
+    **{f"extremes_seed{s}": dataclasses.replace(DEFAULT, pooling="extremes", seed=s) for s in SEEDS},
     "r21": R21,
     "r21_mean": dataclasses.replace(R21, pooling="mean"),
     "r21_tensor": dataclasses.replace(R21, normalisation="tensor"),

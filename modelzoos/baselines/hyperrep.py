@@ -78,6 +78,14 @@ def _moments(x: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
     return torch.cat([mean, (square - mean**2).clamp_min(1e-6).sqrt()], dim=2).flatten(1)
 
 
+def _extremes(x: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
+    """``_moments`` and, per layer, the min and max over its neuron tokens' outputs: [B, 4 · layers · d]."""
+    per_layer = [x[:, 1:][:, layer == i] for i in range(int(layer.max()) + 1)]
+    return torch.cat([_moments(x, layer).view(len(x), len(per_layer), -1),
+                      torch.stack([t.amin(1) for t in per_layer], 1), torch.stack([t.amax(1) for t in per_layer], 1)],
+                     dim=2).flatten(1)
+
+
 # How the encoder's outputs [B, 1 + T, d] (compression token first) become the input of the latent map:
 # name → (function of the outputs and the tokens' layer ids [T], input width as a multiple of d per layer
 # (None: d itself)).
@@ -85,6 +93,7 @@ POOLINGS: dict[str, tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
     "mean": (_mean, None),
     "token": (_token, None),
     "moments": (_moments, 2),
+    "extremes": (_extremes, 4),
 }
 
 
@@ -99,8 +108,8 @@ class HyperRepConfig:
     ffn: int = 128
     latent: int = 128
     dropout: float = 0.1
-    pooling: str = "moments"  # POOLINGS: "moments" (per-layer mean and std of the neuron tokens' outputs), "mean"
-    # (their mean), "token" (the compression token, R21)
+    pooling: str = "moments"  # POOLINGS: "moments" (per-layer mean and std of the neuron tokens' outputs),
+    # "extremes" (and their min and max), "mean" (their mean), "token" (the compression token, R21)
     projection: tuple[int, int] = (128, 64)  # hidden and output width of the contrastive head
     # loss
     gamma: float = 0.9  # weight of NT-Xent; (1 − γ) weighs the reconstruction (R21 seed zoos: 0.1)
