@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,18 @@ def sorted_units(weights: np.ndarray, spec: PermutationSpec) -> np.ndarray:
     return Permutation(spec, None)._axis_by_axis(weights, perms)
 
 
+def seed_zoo_accuracy(source: ZooSource) -> Callable[[np.ndarray], float]:
+    """Test accuracy of a flat weight vector [D] as a model of the (tanh, dropout 0) seed zoo ``source``."""
+    info, data = source.info, load_image_data(source.info.zoo.data)
+
+    def accuracy(flat: np.ndarray) -> float:
+        row = {WEIGHTS: torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32)), "activation": "tanh",
+               "dropout": 0.0}
+        return evaluate_row(row, info, data=data)[1]
+
+    return accuracy
+
+
 def mixing(args: argparse.Namespace) -> None:
     """Can coordinates of good models be recombined? Per-dimension KDE (B_KDE30) of the top-30 % training
     states' weights, standardised per coordinate, in the stored and in a norm-sorted canonical form, and
@@ -189,13 +202,7 @@ def mixing(args: argparse.Namespace) -> None:
     meta = source.metadata("train")
     rows = anchors(meta, 0.3)
     weights = source.weights("train", rows).numpy()
-    info, data = source.info, load_image_data(source.info.zoo.data)
-
-    def accuracy(flat: np.ndarray) -> float:
-        row = {WEIGHTS: torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32)), "activation": "tanh",
-               "dropout": 0.0}
-        return evaluate_row(row, info, data=data)[1]
-
+    accuracy = seed_zoo_accuracy(source)
     record: dict[str, Any] = {"zoo": args.config, "epochs": args.epochs_filter, "anchors": len(rows),
                               "anchor_acc": [accuracy(w) for w in weights[: args.samples]]}
     forms = {"stored": weights, "sorted": sorted_units(weights, PermutationSpec.of(source.layout, "cnn"))}
@@ -228,16 +235,11 @@ def copies(args: argparse.Namespace) -> None:
         if rel:
             record["epoch_gap"][gap] = {"median": float(np.median(rel)), "p10": float(np.quantile(rel, 0.1)),
                                         "p90": float(np.quantile(rel, 0.9)), "pairs": len(rel)}
-    info, data = source.info, load_image_data(source.info.zoo.data)
+    accuracy = seed_zoo_accuracy(source)
     rng = np.random.default_rng(0)
     top = anchors(meta, 0.3)
     chosen = weights[rng.choice(top, min(args.samples, len(top)), replace=False)]  # anchors of every rank
     tensors = [slice(e.offset, e.offset + e.numel) for e in source.layout.entries]
-
-    def accuracy(flat: np.ndarray) -> float:
-        row = {WEIGHTS: torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32)), "activation": "tanh",
-               "dropout": 0.0}
-        return evaluate_row(row, info, data=data)[1]
 
     record["anchor_acc"] = [accuracy(w) for w in chosen]
     record["noise"] = {}
