@@ -244,7 +244,6 @@ class HyperRepAE(nn.Module):
         if config.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {config.pooling!r}")
         self.pool, per_layer = POOLINGS[config.pooling]
-        self.register_buffer("layer", layer, persistent=False)
         self.to_latent = nn.Linear(d if per_layer is None else per_layer * len(fan_in) * d, config.latent)
         self.from_latent = nn.Linear(config.latent, t * d)
         self.dec_positions = nn.Parameter(torch.randn(1, t, d) * 0.02)
@@ -259,7 +258,7 @@ class HyperRepAE(nn.Module):
         x = self.embed(tokens)
         x = torch.cat([self.compression.expand(len(x), -1, -1), x], dim=1) + self.enc_positions
         x = self.encoder(x)
-        return torch.tanh(self.to_latent(self.pool(x, self.layer)))
+        return torch.tanh(self.to_latent(self.pool(x, self.embed.layer)))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         x = self.from_latent(z).view(len(z), *self.shape) + self.dec_positions
