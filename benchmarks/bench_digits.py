@@ -183,7 +183,7 @@ def sorted_units(weights: np.ndarray, spec: PermutationSpec) -> np.ndarray:
             e = member.entry
             norm += (weights[:, e.offset : e.offset + e.numel].reshape(len(weights), group.size, -1) ** 2).sum(2)
         perms.append(np.argsort(-norm, axis=1))
-    return Permutation(spec, None)._axis_by_axis(weights, perms)
+    return Permutation(spec, None).apply(weights, perms)
 
 
 def seed_zoo_accuracy(source: ZooSource) -> Callable[[np.ndarray], float]:

@@ -359,8 +359,9 @@ class Permutation:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_device_indices": {}}
 
-    def _axis_by_axis(self, batch: Array, perms: list[np.ndarray]) -> Array:
-        """Permute every tensor of every sample along its grouped axes (``np.take`` / ``index_select``)."""
+    def apply(self, batch: Array, perms: list[np.ndarray]) -> Array:
+        """Batch [B, D] permuted by given permutations: ``perms[g]`` [B, size of group g] per group of the spec;
+        every tensor of every sample along its grouped axes (``np.take`` / ``index_select``)."""
         axes: dict[str, list[tuple[int, int, int]]] = {}
         for g, group in enumerate(self.spec.groups):
             for member in group.members:
@@ -383,7 +384,7 @@ class Permutation:
         batch, single = _as_batch(x, self.spec.size)
         if self.indices is None and self.spec.size > self.axis_by_axis_above:
             perms = _draw_group_permutations(self.spec, rng, batch.shape[0])
-            return _unbatch(self._axis_by_axis(batch, perms), single)
+            return _unbatch(self.apply(batch, perms), single)
         if self.indices is None:
             index: Any = permutation_index(self.spec, rng, count=batch.shape[0])
             if _is_torch(batch):
