@@ -56,26 +56,26 @@ DEFAULT = HyperRepConfig()
 V2 = dataclasses.replace(DEFAULT, pooling="mean")
 V1 = dataclasses.replace(V2, latent=32, projection=(64, 32), gamma=0.5)
 R21 = dataclasses.replace(V1, pooling="token", normalisation="layer", erase_p=0.5, models_per_batch=0, gamma=0.1)
-SEEDS = (1, 2)
+
+
+def seeded(name: str, config: HyperRepConfig, seeds: tuple[int, ...] = (1, 2)) -> dict[str, HyperRepConfig]:
+    """``{name: config, name_seed1: config with seed 1, ...}``: a variant and its reruns with other seeds."""
+    return {name: config, **{f"{name}_seed{s}": dataclasses.replace(config, seed=s) for s in seeds}}
+
+
 HYPERREP: dict[str, HyperRepConfig] = {
-    "default": DEFAULT,
-    **{f"default_seed{s}": dataclasses.replace(DEFAULT, seed=s) for s in SEEDS},
-    "extremes": dataclasses.replace(DEFAULT, pooling="extremes"),
-    **{f"extremes_seed{s}": dataclasses.replace(DEFAULT, pooling="extremes", seed=s) for s in SEEDS},
-    **{f"rows{t}": dataclasses.replace(DEFAULT, models_per_batch=0, seed=s) for t, s in (("", 42), ("_seed1", 1),
-                                                                                         ("_seed2", 2))},
-    **{f"g05{t}": dataclasses.replace(DEFAULT, gamma=0.5, seed=s) for t, s in (("", 42), ("_seed1", 1),
-                                                                              ("_seed2", 2))},
+    **seeded("default", DEFAULT),
+    **seeded("extremes", dataclasses.replace(DEFAULT, pooling="extremes")),
+    **seeded("rows", dataclasses.replace(DEFAULT, models_per_batch=0)),
+    **seeded("g05", dataclasses.replace(DEFAULT, gamma=0.5)),
     "r21": R21,
     "r21_mean": dataclasses.replace(R21, pooling="mean"),
     "r21_tensor": dataclasses.replace(R21, normalisation="tensor"),
     "r21_noerase": dataclasses.replace(R21, erase_p=0.0),
     "r21_runs": dataclasses.replace(R21, models_per_batch=4),
-    "v2": V2,
-    **{f"v2_seed{s}": dataclasses.replace(V2, seed=s) for s in SEEDS},
+    **seeded("v2", V2),
     "v2_mpb8": dataclasses.replace(V2, models_per_batch=8),
-    "v1": V1,
-    **{f"v1_seed{s}": dataclasses.replace(V1, seed=s) for s in SEEDS},
+    **seeded("v1", V1),
     "v1_rows": dataclasses.replace(V1, models_per_batch=0),
     "v1_erase": dataclasses.replace(V1, erase_p=0.5),
     "v1_token": dataclasses.replace(V1, pooling="token"),
