@@ -4,7 +4,9 @@ Zoos (generated once, built into one repository folder; commands in BENCHMARKS.m
 
 - seed zoo: ``digits_cnn_seed``, 100 models × epochs 0–15 (as ``make demo``);
 - hyperparameter zoo: ``benchmarks/digits_cnn_hyp_lr10.toml`` (the Hyp-10-rand grid with learning rates
-  ×10), the first 256 models × epochs 0–30.
+  ×10), the first 256 models × epochs 0–30;
+- for sampling, seed zoos from the MNIST seed zoo's U[0, 1) init: ``benchmarks/digits_cnn_seed_u.toml``
+  (100 models × epochs 0–15) and ``benchmarks/digits_cnn_seed_u_wd0.toml`` (100 models × epochs 0–40).
 
 Commands (every result lands in ``--out`` as JSON + markdown; rerunning a variant overwrites its file)::
 
@@ -30,7 +32,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -58,7 +60,10 @@ V1 = dataclasses.replace(V2, latent=32, projection=(64, 32), gamma=0.5)
 R21 = dataclasses.replace(V1, pooling="token", normalisation="layer", erase_p=0.5, models_per_batch=0, gamma=0.1)
 
 
-def seeded(name: str, config: HyperRepConfig, seeds: tuple[int, ...] = (1, 2)) -> dict[str, HyperRepConfig]:
+Config = TypeVar("Config", HyperRepConfig, SaneConfig)
+
+
+def seeded(name: str, config: Config, seeds: tuple[int, ...] = (1, 2)) -> dict[str, Config]:
     """``{name: config, name_seed1: config with seed 1, ...}``: a variant and its reruns with other seeds."""
     return {name: config, **{f"{name}_seed{s}": dataclasses.replace(config, seed=s) for s in seeds}}
 
@@ -68,6 +73,9 @@ HYPERREP: dict[str, HyperRepConfig] = {
     **seeded("extremes", dataclasses.replace(DEFAULT, pooling="extremes")),
     **seeded("rows", dataclasses.replace(DEFAULT, models_per_batch=0)),
     **seeded("g05", dataclasses.replace(DEFAULT, gamma=0.5)),
+    **seeded("e40", dataclasses.replace(DEFAULT, epochs=40)),
+    **seeded("l256", dataclasses.replace(DEFAULT, latent=256, projection=(256, 128))),
+    **seeded("l256_e40", dataclasses.replace(DEFAULT, latent=256, projection=(256, 128), epochs=40)),
     "r21": R21,
     "r21_mean": dataclasses.replace(R21, pooling="mean"),
     "r21_tensor": dataclasses.replace(R21, normalisation="tensor"),
@@ -87,7 +95,8 @@ HYPERREP: dict[str, HyperRepConfig] = {
 }
 
 SANE: dict[str, SaneConfig] = {
-    "default": SaneConfig(),
+    **seeded("default", SaneConfig()),  # per-layer mean and std of the token latents
+    **seeded("mean", SaneConfig(embedding="mean")),  # SANE's embedding: the mean of all token latents
     "whole": SaneConfig(window=64),  # the whole 48-token sequence in every window
     "gamma05": SaneConfig(gamma=0.5),
     "nonoise": SaneConfig(noise=0.0),

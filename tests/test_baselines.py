@@ -395,8 +395,31 @@ def test_sane_trains_from_map_style_and_streaming_data(repo, streaming):
     losses = [h["loss"] for h in model.history]
     assert losses[-1] < losses[0]
     z, meta = src.extract("validation", model.embed)
-    assert z.shape == (len(meta["epoch"]), TINY_SANE.latent)
+    layers = len({e.name.rsplit(".", 1)[0] for e in src.layout.entries})  # per-layer mean and std of the latents
+    assert z.shape == (len(meta["epoch"]), layers * 2 * TINY_SANE.latent)
     assert set(meta["model_id"].tolist()) == set(src.info.splits["validation"])
+
+
+def test_sane_moments_embedding_is_per_layer_statistics_of_the_token_latents(source):
+    model = train_sane(source, replace(TINY_SANE, epochs=1), progress=False)
+    weights = next(iter(source.loader("test")))[WEIGHTS][:3]
+    tokens = model.tokenizer.tokenize(weights)
+    values, pos = model.stats.standardize_tokens(tokens.values, tokens.positions[..., 1], tokens.mask), tokens.positions
+    window = replace(model.config, embed_window=7, embedding="mean")  # 7 tokens per pass: sums accumulate
+    with torch.no_grad():
+        latents = torch.cat([model.model.encode(values[:, i : i + 7], pos[:, i : i + 7])
+                             for i in range(0, values.shape[1], 7)], 1)  # [B, T, latent]
+    layer = torch.as_tensor(model.tokenizer.positions[:, 1])
+    layers = int(layer.max()) + 1
+    mean = replace(model, config=window).embed(weights)
+    torch.testing.assert_close(mean, latents.mean(1))
+    got = replace(model, config=replace(window, embedding="moments")).embed(weights)
+    got = got.view(3, layers, 2, TINY_SANE.latent)  # [B, layer, (mean, std), latent]
+    for i in range(layers):
+        torch.testing.assert_close(got[:, i, 0], latents[:, layer == i].mean(1))
+        torch.testing.assert_close(got[:, i, 1], latents[:, layer == i].std(1, unbiased=False), atol=1e-4, rtol=1e-3)
+    with pytest.raises(ValueError, match="embedding"):
+        train_sane(source, replace(TINY_SANE, embedding="max"), progress=False)
 
 
 def test_sampling_decodes_rebuilds_and_finetunes(source, hyperrep):

@@ -7,7 +7,7 @@ Baselines (features of the un-augmented weights of every split, docs/baselines.m
 | ``stats``    | s(W): 7 statistics per parameter tensor (``features.layer_statistics``; 70 for CNN-s) |
 | ``weights``  | W: the flat weight vector (CNN zoos only)                                          |
 | ``hyperrep`` | the latent z of a hyper-representation (``hyperrep``)                              |
-| ``sane``     | the mean token latent of a SANE model (``sane``)                                   |
+| ``sane``     | per-layer mean and std of a SANE model's token latents (``sane``)                  |
 | ``sampling`` | not a probe: accuracy of models sampled from the hyper-representation (``sampling``); |
 |            | without ``hyperrep`` in the list it trains one, and its time counts under sampling       |
 
@@ -157,13 +157,13 @@ def run_bench(repo: str | Path, config: str, baselines: Sequence[str] = DEFAULT_
     plots: dict[str, Any] = {"predictions": {}, "epochs": {}, "embedding": None}
     trained: dict[str, Any] = {}
 
-    def featurise(name: str, fn: Callable, dims: int) -> None:
+    def featurise(name: str, fn: Callable) -> None:
         feats, rows = {}, {}
         for s in SPLITS:
             feats[s], rows[s] = source.extract(s, fn, progress=progress, desc=f"{name} {s}")
         trained[f"{name}_features"], trained[f"{name}_meta"] = feats, rows
         probes = probe_features(feats, rows, regression, classification, device)
-        results["baselines"][name] = {"dims": dims, "probes": {
+        results["baselines"][name] = {"dims": int(feats["train"].shape[1]), "probes": {
             p: {t: r.to_json() for t, r in by_target.items()} for p, by_target in probes.items()}}
         best = best_probe(probes)
         results["baselines"][name]["best_probe"] = best
@@ -174,23 +174,22 @@ def run_bench(repo: str | Path, config: str, baselines: Sequence[str] = DEFAULT_
         start, peak = time.perf_counter(), _peak_mb(resource.RUSAGE_SELF)
         log.info("baseline %s", name)
         if name == "stats":
-            featurise(name, lambda w: layer_statistics(w, source.layout), 7 * sum(
-                e.kind == "parameter" for e in source.layout.entries))
+            featurise(name, lambda w: layer_statistics(w, source.layout))
         elif name == "weights":
             if source.dim > RAW_MAX_DIMS:
                 results["baselines"][name] = {"skipped": f"D = {source.dim:,} weights > {RAW_MAX_DIMS:,}: no raw "
                                                          "feature matrix for this architecture (use stats or sane)"}
                 continue
-            featurise(name, raw_weights, source.dim)
+            featurise(name, raw_weights)
         elif name == "hyperrep":
             trained["hyperrep"] = train_hyperrep(source, hyperrep, device=device, progress=progress)
-            featurise(name, trained["hyperrep"].embed, hyperrep.latent)
+            featurise(name, trained["hyperrep"].embed)
             results["baselines"][name]["history"] = trained["hyperrep"].history
             test = trained["hyperrep_features"]["test"]
             plots["embedding"] = (test, trained["hyperrep_meta"]["test"]["test_acc"])
         elif name == "sane":
             model = train_sane(source, sane, device=device, progress=progress)
-            featurise(name, model.embed, sane.latent)
+            featurise(name, model.embed)
             results["baselines"][name]["history"] = model.history
         elif name == "sampling":
             results["sampling"] = run_sampling(source, trained, hyperrep, sampling, device=device, progress=progress)

@@ -69,13 +69,23 @@ def _token(x: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
     return x[:, 0]
 
 
+def layer_sums(x: torch.Tensor, layer: torch.Tensor, layers: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token outputs x [B, T, d] with layer ids [T] → per-layer sums and sums of squares [B, layers, d] and token
+    counts [layers, 1]; sums of several token ranges add up to those of the whole sequence."""
+    members = F.one_hot(layer, layers).to(x.dtype)  # [T, layers]
+    return (torch.einsum("btd,tl->bld", x, members), torch.einsum("btd,tl->bld", x**2, members),
+            members.sum(0)[:, None])
+
+
+def moments(sums: torch.Tensor, squares: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``layer_sums`` → per layer, the mean and the std over its tokens, concatenated: [B, 2 · layers · d]."""
+    mean, square = sums / counts, squares / counts
+    return torch.cat([mean, (square - mean**2).clamp_min(1e-6).sqrt()], dim=2).flatten(1)
+
+
 def _moments(x: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
     """Per layer, the mean and the std over its neuron tokens' outputs, concatenated: [B, 2 · layers · d]."""
-    members = F.one_hot(layer).to(x.dtype)  # [T, layers]
-    counts = members.sum(0)[:, None]
-    mean = torch.einsum("btd,tl->bld", x[:, 1:], members) / counts
-    square = torch.einsum("btd,tl->bld", x[:, 1:] ** 2, members) / counts
-    return torch.cat([mean, (square - mean**2).clamp_min(1e-6).sqrt()], dim=2).flatten(1)
+    return moments(*layer_sums(x[:, 1:], layer, int(layer.max()) + 1))
 
 
 def _extremes(x: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:

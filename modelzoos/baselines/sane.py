@@ -14,16 +14,21 @@ Pipeline (SANE 2024; docs/baselines.md), scaled down for CPUs:
   noise w · (1 + 0.1 ε) each; as in SANE the target is the view itself;
 - standardisation: per layer (``data.LayerStats``, the same layers as the tokens), on a subset of the
   training rows (``stats_rows``), streaming-friendly instead of SANE's full dataset pass;
-- model embedding = the mean of all token latents of the whole sequence, encoded ``embed_window``
-  consecutive tokens at a time (bounded memory for long models).
+- model embedding = per layer, the mean and std of its token latents (``embedding="moments"``, default, as
+  the hyper-representation's pooling), or SANE's mean of all token latents of the whole sequence
+  (``"mean"``), encoded ``embed_window`` consecutive tokens at a time (bounded memory for long models):
+  ``EMBEDDINGS``.
 
 Deviations: no re-basin alignment to a reference model (permutation augmentation instead, which SANE's
 released configs effectively switch off: both of their views are the aligned model); Adam at a constant
-lr instead of AdamW + OneCycle; far smaller model (d_model 64 vs 1024).
+lr instead of AdamW + OneCycle; far smaller model (d_model 64 vs 1024); the per-layer moments embedding
+(chosen on validation over three seeds on both digits zoos, BENCHMARKS.md: the mean of 48 token latents loses
+the within-layer spreads that s(W) relies on).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +36,7 @@ import torch
 from torch import nn
 
 from modelzoos.baselines.data import LayerStats, ZooSource, rows_per_batch
-from modelzoos.baselines.hyperrep import masked_mse, nt_xent, train_batch_size, train_loop
+from modelzoos.baselines.hyperrep import layer_sums, masked_mse, moments, nt_xent, train_batch_size, train_loop
 from modelzoos.loading import WEIGHTS
 from modelzoos.transforms import (
     GaussianNoise,
@@ -68,7 +73,16 @@ class SaneConfig:
     weight_decay: float = 3e-9
     stats_rows: int = 512  # training rows used for the per-layer standardisation
     embed_window: int = 512  # tokens per encoder pass when embedding a whole model
+    embedding: str = "moments"  # EMBEDDINGS: per-layer "moments" of the token latents, or their "mean" (SANE)
     seed: int = 42
+
+
+# How the token latents of a whole model become its embedding, from their per-layer sums, sums of squares
+# [B, layers, latent] and counts [layers, 1] (``hyperrep.layer_sums``, accumulated over encoder passes).
+EMBEDDINGS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "mean": lambda sums, squares, counts: sums.sum(1) / counts.sum(),  # SANE: [B, latent]
+    "moments": moments,  # per layer, mean and std of its tokens' latents: [B, 2 · layers · latent]
+}
 
 
 @dataclass(frozen=True)
@@ -129,7 +143,7 @@ class SaneAE(nn.Module):
 
 @dataclass
 class Sane:
-    """A trained SANE model: ``embed`` maps flat weights [B, D] to the mean token latent [B, latent]."""
+    """A trained SANE model: ``embed`` maps flat weights [B, D] to the embedding of ``config.embedding``."""
 
     model: SaneAE
     tokenizer: Tokenizer
@@ -140,21 +154,26 @@ class Sane:
 
     @torch.no_grad()
     def embed(self, weights: torch.Tensor) -> torch.Tensor:
-        """Un-augmented flat weights [B, D] → mean of all token latents [B, latent] (CPU)."""
+        """Un-augmented flat weights [B, D] → the embedding of ``config.embedding`` (CPU): [B, latent] for the
+        mean of all token latents, [B, 2 · layers · latent] for their per-layer moments."""
         self.model.eval()
         tokens = self.tokenizer.tokenize(weights.to(self.device))
-        total = 0
+        layers = int(self.tokenizer.positions[:, 1].max()) + 1
+        sums = None
         for start in range(0, self.tokenizer.num_tokens, self.config.embed_window):
             part = slice(start, start + self.config.embed_window)
             pos, mask = tokens.positions[..., part, :], tokens.mask[..., part, :]
             values = self.stats.standardize_tokens(tokens.values[..., part, :], pos[..., 1], mask)
-            total = total + self.model.encode(values, pos).sum(1)
-        return (total / self.tokenizer.num_tokens).cpu()
+            chunk = layer_sums(self.model.encode(values, pos), pos[0, :, 1], layers)
+            sums = chunk if sums is None else tuple(a + b for a, b in zip(sums, chunk, strict=True))
+        return EMBEDDINGS[self.config.embedding](*sums).cpu()
 
 
 def train_sane(source: ZooSource, config: SaneConfig = SaneConfig(), *, device: str | torch.device = "cpu",
                progress: bool = True) -> Sane:
     """Train the SANE baseline on the training split of ``source`` (module docstring)."""
+    if config.embedding not in EMBEDDINGS:
+        raise ValueError(f"embedding must be one of {', '.join(EMBEDDINGS)}, got {config.embedding!r}")
     device = torch.device(device)
     torch.manual_seed(config.seed)
     layout, zoo = source.layout, source.info.zoo
