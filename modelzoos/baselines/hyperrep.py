@@ -25,11 +25,11 @@ itself, so its erasing was not denoising; docs/baselines.md). The probes see z o
 
 Defaults, chosen on validation scores (BENCHMARKS.md, "Hyper-representation on the seed zoo" and "… on
 ``digits_cnn_hyp_lr10``"): pooling of the token outputs, per-tensor statistics, whole-run batches, no erasing
-(on the seed zoo), then latent 128, γ 0.9 and per-layer moments pooling (on both digits zoos, mean over three
-seeds each; the moments give z the within-layer spreads, e.g. of the biases, that mean pooling loses and s(W)
-relies on). Deviations from R21's configs: a far smaller model (d_model 64, latent 128 vs 800 / 700), lr 1e-3
-instead of 1e-4, a constant learning rate, γ 0.9 instead of 0.1, and those four defaults;
-``pooling="token"``, ``normalisation="layer"``, ``models_per_batch=0``, ``erase_p=0.5`` and ``gamma=0.1``
+(on the seed zoo), then latent 128, γ 0.9, per-layer moments pooling, and latent 256 with 40 epochs (on both
+digits zoos, mean over three seeds each; the moments give z the within-layer spreads, e.g. of the biases, that
+mean pooling loses and s(W) relies on). Deviations from R21's configs: a far smaller model (d_model 64, latent 256
+vs 800 / 700), lr 1e-3 instead of 1e-4, a constant learning rate, 40 epochs, γ 0.9 instead of 0.1, and those
+four defaults; ``pooling="token"``, ``normalisation="layer"``, ``models_per_batch=0``, ``erase_p=0.5`` and ``gamma=0.1``
 give R21's recipe back.
 """
 
@@ -109,18 +109,18 @@ POOLINGS: dict[str, tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
 
 @dataclass(frozen=True)
 class HyperRepConfig:
-    """Sizes and training of the hyper-representation (defaults: digits CNN-s in ~2–3 min on 1 core)."""
+    """Sizes and training of the hyper-representation (defaults: digits CNN-s in ~4–6 min on 1 core)."""
 
     # architecture (R21 MNIST-seed: 2 blocks, d_model 800, 4 heads, FFN 900, latent 700)
     d_model: int = 64
     heads: int = 4
     layers: int = 2  # transformer blocks in the encoder, and again in the decoder
     ffn: int = 128
-    latent: int = 128
+    latent: int = 256
     dropout: float = 0.1
     pooling: str = "moments"  # POOLINGS: "moments" (per-layer mean and std of the neuron tokens' outputs),
     # "extremes" (and their min and max), "mean" (their mean), "token" (the compression token, R21)
-    projection: tuple[int, int] = (128, 64)  # hidden and output width of the contrastive head
+    projection: tuple[int, int] = (256, 128)  # hidden and output width of the contrastive head
     # loss
     gamma: float = 0.9  # weight of NT-Xent; (1 − γ) weighs the reconstruction (R21 seed zoos: 0.1)
     temperature: float = 0.1
@@ -132,7 +132,7 @@ class HyperRepConfig:
     erase_scale: tuple[float, float] = (0.02, 0.33)  # fraction of the flat vector erased
     noise: float = 0.0  # additive σ, in weight units (R21: 0)
     # optimisation
-    epochs: int = 20  # passes over the training rows
+    epochs: int = 40  # passes over the training rows
     models_per_batch: int = 4  # batches of whole runs (every stored epoch of this many models); 0: shuffled rows
     batch_size: int = 64  # rows per batch with shuffled rows
     lr: float = 1e-3  # Adam
