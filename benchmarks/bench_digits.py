@@ -197,12 +197,14 @@ def sorted_units(weights: np.ndarray, spec: PermutationSpec) -> np.ndarray:
 
 
 def seed_zoo_accuracy(source: ZooSource) -> Callable[[np.ndarray], float]:
-    """Test accuracy of a flat weight vector [D] as a model of the (tanh, dropout 0) seed zoo ``source``."""
+    """Test accuracy of a flat weight vector [D] as a model of the seed zoo ``source`` (the activation and dropout
+    that all its models share, read from its spec)."""
     info, data = source.info, load_image_data(source.info.zoo.data)
+    run = info.zoo.models()[0]
 
     def accuracy(flat: np.ndarray) -> float:
-        row = {WEIGHTS: torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32)), "activation": "tanh",
-               "dropout": 0.0}
+        row = {WEIGHTS: torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32)), "activation": run.activation,
+               "dropout": run.dropout}
         return evaluate_row(row, info, data=data)[1]
 
     return accuracy
