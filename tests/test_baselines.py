@@ -351,11 +351,11 @@ def test_hyperrep_trains_and_embeds_held_out_models(source, hyperrep):
 
 def test_moments_and_extremes_pooling_are_per_layer_statistics_of_the_token_outputs(source):
     x, layer = torch.randn(2, 1 + 5, 3), torch.tensor([0, 0, 1, 1, 1])  # compression token first
-    pooled = POOLINGS["moments"][0](x, layer).view(2, 2, 2, 3)  # [B, layer, (mean, std), d]
+    pooled = POOLINGS["moments"][0](x, layer, 2).view(2, 2, 2, 3)  # [B, layer, (mean, std), d]
     for i, tokens in ((0, [1, 2]), (1, [3, 4, 5])):
         torch.testing.assert_close(pooled[:, i, 0], x[:, tokens].mean(1))
         torch.testing.assert_close(pooled[:, i, 1], x[:, tokens].std(1, unbiased=False))
-    extremes = POOLINGS["extremes"][0](x, layer).view(2, 2, 4, 3)  # [B, layer, (mean, std, min, max), d]
+    extremes = POOLINGS["extremes"][0](x, layer, 2).view(2, 2, 4, 3)  # [B, layer, (mean, std, min, max), d]
     torch.testing.assert_close(extremes[:, :, :2], pooled)
     assert torch.equal(extremes[:, 1, 2], x[:, 3:].amin(1)) and torch.equal(extremes[:, 0, 3], x[:, 1:3].amax(1))
     rep = train_hyperrep(source, replace(TINY_HYPERREP, pooling="moments", epochs=2), progress=False)

@@ -61,11 +61,11 @@ from modelzoos.transforms import (
 NORMALISATIONS = ("tensor", "layer", "none")
 
 
-def _mean(x: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
+def _mean(x: torch.Tensor, layer: torch.Tensor, layers: int) -> torch.Tensor:
     return x[:, 1:].mean(1)
 
 
-def _token(x: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
+def _token(x: torch.Tensor, layer: torch.Tensor, layers: int) -> torch.Tensor:
     return x[:, 0]
 
 
@@ -83,23 +83,23 @@ def moments(sums: torch.Tensor, squares: torch.Tensor, counts: torch.Tensor) -> 
     return torch.cat([mean, (square - mean**2).clamp_min(1e-6).sqrt()], dim=2).flatten(1)
 
 
-def _moments(x: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
+def _moments(x: torch.Tensor, layer: torch.Tensor, layers: int) -> torch.Tensor:
     """Per layer, the mean and the std over its neuron tokens' outputs, concatenated: [B, 2 · layers · d]."""
-    return moments(*layer_sums(x[:, 1:], layer, int(layer.max()) + 1))
+    return moments(*layer_sums(x[:, 1:], layer, layers))
 
 
-def _extremes(x: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
+def _extremes(x: torch.Tensor, layer: torch.Tensor, layers: int) -> torch.Tensor:
     """``_moments`` and, per layer, the min and max over its neuron tokens' outputs: [B, 4 · layers · d]."""
-    per_layer = [x[:, 1:][:, layer == i] for i in range(int(layer.max()) + 1)]
-    return torch.cat([_moments(x, layer).view(len(x), len(per_layer), -1),
+    per_layer = [x[:, 1:][:, layer == i] for i in range(layers)]
+    return torch.cat([_moments(x, layer, layers).view(len(x), layers, -1),
                       torch.stack([t.amin(1) for t in per_layer], 1), torch.stack([t.amax(1) for t in per_layer], 1)],
                      dim=2).flatten(1)
 
 
 # How the encoder's outputs [B, 1 + T, d] (compression token first) become the input of the latent map:
-# name → (function of the outputs and the tokens' layer ids [T], input width as a multiple of d per layer
-# (None: d itself)).
-POOLINGS: dict[str, tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], int | None]] = {
+# name → (function of the outputs, the tokens' layer ids [T] and the number of layers, input width as a
+# multiple of d per layer (None: d itself)).
+POOLINGS: dict[str, tuple[Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], int | None]] = {
     "mean": (_mean, None),
     "token": (_token, None),
     "moments": (_moments, 2),
@@ -254,7 +254,8 @@ class HyperRepAE(nn.Module):
         if config.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {config.pooling!r}")
         self.pool, per_layer = POOLINGS[config.pooling]
-        self.to_latent = nn.Linear(d if per_layer is None else per_layer * len(fan_in) * d, config.latent)
+        self.layers = len(fan_in)
+        self.to_latent = nn.Linear(d if per_layer is None else per_layer * self.layers * d, config.latent)
         self.from_latent = nn.Linear(config.latent, t * d)
         self.dec_positions = nn.Parameter(torch.randn(1, t, d) * 0.02)
         self.decoder = _blocks(config)
@@ -268,7 +269,7 @@ class HyperRepAE(nn.Module):
         x = self.embed(tokens)
         x = torch.cat([self.compression.expand(len(x), -1, -1), x], dim=1) + self.enc_positions
         x = self.encoder(x)
-        return torch.tanh(self.to_latent(self.pool(x, self.embed.layer)))
+        return torch.tanh(self.to_latent(self.pool(x, self.embed.layer, self.layers)))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         x = self.from_latent(z).view(len(z), *self.shape) + self.dec_positions
