@@ -16,7 +16,7 @@ Commands (every result lands in ``--out`` as JSON + markdown; rerunning a varian
     python benchmarks/bench_digits.py ablation sane ...
     python benchmarks/bench_digits.py sampling --repo runs/hub --config digits_cnn_seed --out DIR --variants a,b
     python benchmarks/bench_digits.py mixing --repo runs/hub --config digits_cnn_seed --epochs-filter 11-15 --out DIR
-    python benchmarks/bench_digits.py coverage --repo runs/hub --config CONFIG --variant NAME --out DIR
+    python benchmarks/bench_digits.py coverage --repo runs/hub --config CONFIG --variant NAME --out DIR [--target T]
     python benchmarks/bench_digits.py copies --repo runs/hub --config digits_cnn_seed --epochs-filter 11-15 --out DIR
     python benchmarks/bench_digits.py table --out DIR          # the ablation / sampling table of DIR's JSONs
 
@@ -281,8 +281,9 @@ def copies(args: argparse.Namespace) -> None:
 def coverage(args: argparse.Namespace) -> None:
     """What of s(W) the hyper-representation's z holds: for every one of the 70 statistics, the test R² of a
     standardised ridge from z (λ on validation), and its median per statistic of weights / of biases (low:
-    z does not hold that statistic linearly); and how much test accuracy the standardised ridge reads from z,
-    from s(W), and from s(W) without each of those groups of statistics (which of them carry the signal)."""
+    z does not hold that statistic linearly); and how much of a numeric target (``--target``, default test
+    accuracy) the standardised ridge reads from z, from s(W), and from s(W) without each of those groups of
+    statistics (which of them carry the signal)."""
     source = ZooSource(args.repo, args.config, parse_epochs(args.epochs_filter), args.weight_threshold)
     rep = train_hyperrep(source, HYPERREP[args.variant], progress=False)
     z, stats = {}, {}
@@ -296,19 +297,21 @@ def coverage(args: argparse.Namespace) -> None:
     for j, name in enumerate(names):
         tensor, stat = name.rsplit(".", 1)
         groups.setdefault(f"{tensor.rsplit('.', 1)[1]} {stat}", []).append(j)
-    acc = {s: np.asarray(m["test_acc"]) for s, m in ((s, source.metadata(s)) for s in SPLITS)}
+    target = {s: np.asarray(m[args.target], dtype=float) for s, m in ((s, source.metadata(s)) for s in SPLITS)}
 
-    def acc_r2(x: dict[str, np.ndarray]) -> float:
-        return standardized_ridge_probe(x, acc).scores["test"]
+    def target_r2(x: dict[str, np.ndarray]) -> float:
+        return standardized_ridge_probe(x, target).scores["test"]
 
-    record = {"zoo": args.config, "variant": args.variant, "epochs": args.epochs_filter, "r2": r2,
+    t = args.target
+    record = {"zoo": args.config, "variant": args.variant, "epochs": args.epochs_filter, "target": t, "r2": r2,
               "median_by_group": {k: float(np.median([r2[names[j]] for j in v])) for k, v in groups.items()},
-              "test_acc_from_z": acc_r2(z), "test_acc_from_stats": acc_r2(stats),
-              "test_acc_from_stats_without": {k: acc_r2({s: np.delete(x, v, axis=1) for s, x in stats.items()})
-                                              for k, v in groups.items()}}
+              f"{t}_from_z": target_r2(z), f"{t}_from_stats": target_r2(stats),
+              f"{t}_from_stats_without": {k: target_r2({s: np.delete(x, v, axis=1) for s, x in stats.items()})
+                                          for k, v in groups.items()}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"coverage_{args.variant}.json").write_text(json.dumps(record, indent=1) + "\n")
+    name = args.variant if t == "test_acc" else f"{args.variant}_{t}"
+    (out / f"coverage_{name}.json").write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps({k: v for k, v in record.items() if k != "r2"}, indent=1))
 
 
@@ -345,6 +348,7 @@ def main() -> None:
             p.add_argument("--sampling", default="default", choices=sorted(SAMPLING))
         elif name == "coverage":
             p.add_argument("--variant", default="default", choices=sorted(HYPERREP))
+            p.add_argument("--target", default="test_acc", help="a numeric metadata column")
         elif name not in ("mixing", "copies"):
             p.add_argument("--variants", required=True)
     args = parser.parse_args()
