@@ -99,7 +99,11 @@ SANE: dict[str, SaneConfig] = {
     **seeded("default", SaneConfig()),  # per-layer mean and std of the token latents
     **seeded("mean", SaneConfig(embedding="mean")),  # SANE's embedding: the mean of all token latents
     "whole": SaneConfig(window=64),  # the whole 48-token sequence in every window
-    "gamma05": SaneConfig(gamma=0.5),
+    **seeded("gamma05", SaneConfig(gamma=0.5)),
+    **seeded("gamma09", SaneConfig(gamma=0.9)),
+    **seeded("gamma09_runs", SaneConfig(gamma=0.9, models_per_batch=4)),
+    **seeded("runs", SaneConfig(models_per_batch=4)),
+    **seeded("gamma05_runs", SaneConfig(gamma=0.5, models_per_batch=4)),
     "nonoise": SaneConfig(noise=0.0),
 }
 

@@ -422,6 +422,28 @@ def test_sane_moments_embedding_is_per_layer_statistics_of_the_token_latents(sou
         train_sane(source, replace(TINY_SANE, embedding="max"), progress=False)
 
 
+def test_sane_can_train_on_whole_runs(source, monkeypatch):
+    # models_per_batch > 0: SANE's training batches come from ZooSource.model_batches (every stored epoch of a
+    # few models, as the hyper-representation's), each row cut to one window of two views
+    batches = []
+    whole_runs = ZooSource.model_batches
+
+    def spy(self, split, models_per_batch, **kwargs):
+        loader = whole_runs(self, split, models_per_batch, columns=(WEIGHTS, "model_id"), **kwargs)
+        for batch in loader:
+            batches.append(batch)
+            break
+        return whole_runs(self, split, models_per_batch, **kwargs)
+
+    monkeypatch.setattr(ZooSource, "model_batches", spy)
+    model = train_sane(source, replace(TINY_SANE, models_per_batch=2, epochs=2), progress=False)
+    assert len(model.history) == 2 and np.isfinite([h["loss"] for h in model.history]).all()
+    models = batches[0]["model_id"].tolist()
+    train = source.metadata("train")
+    assert len(set(models)) == 2 and len(models) == sum(np.isin(train["model_id"], models))
+    assert batches[0][WEIGHTS].shape[1:3] == (2, min(TINY_SANE.window, model.tokenizer.num_tokens))
+
+
 def test_sampling_decodes_rebuilds_and_finetunes(source, hyperrep):
     latents, meta = source.extract("train", hyperrep.embed)
     rows = anchors(meta, 0.3)

@@ -11,7 +11,8 @@ Pipeline (SANE 2024; docs/baselines.md), scaled down for CPUs:
 - training on random windows (``transforms.RandomWindow``, the same window for both views, cut in the
   DataLoader workers, so a ResNet-18 row of 11M floats travels as two windows of ``window`` tokens):
   γ · NT-Xent + (1 − γ) · masked MSE with γ = 0.05; views = a random permutation and multiplicative
-  noise w · (1 + 0.1 ε) each; as in SANE the target is the view itself;
+  noise w · (1 + 0.1 ε) each; as in SANE the target is the view itself; batches of shuffled rows, or with
+  ``models_per_batch`` of whole training runs (``ZooSource.model_batches``, the hyper-representation's);
 - standardisation: per layer (``data.LayerStats``, the same layers as the tokens), on a subset of the
   training rows (``stats_rows``), streaming-friendly instead of SANE's full dataset pass;
 - model embedding = per layer, the mean and std of its token latents (``embedding="moments"``, default, as
@@ -69,6 +70,7 @@ class SaneConfig:
     permutations: int = 1000  # precomputed table (long rows: drawn on the fly)
     epochs: int = 40
     batch_size: int = 64
+    models_per_batch: int = 0  # batches of whole runs, as the hyper-representation's; 0: shuffled rows (SANE)
     lr: float = 1e-3
     weight_decay: float = 3e-9
     stats_rows: int = 512  # training rows used for the per-layer standardisation
@@ -185,9 +187,12 @@ def train_sane(source: ZooSource, config: SaneConfig = SaneConfig(), *, device: 
     views = WindowViews(tokenizer, Permutation(PermutationSpec.of(layout, zoo.architecture), table, config.seed),
                         GaussianNoise(config.noise, multiplicative=True), RandomWindow(window))
     model = SaneAE(tokenizer, config, window).to(device)
-    batch_size = min(train_batch_size(source, config.batch_size), max(2, rows_per_batch(layout.size, 1 << 29)))
-    loader = source.loader("train", transform=views, shuffle=True, seed=config.seed, drop_last=True,
-                           batch_size=batch_size)
+    if config.models_per_batch > 0 and not source.streaming:
+        loader = source.model_batches("train", config.models_per_batch, transform=views, seed=config.seed)
+    else:
+        batch_size = min(train_batch_size(source, config.batch_size), max(2, rows_per_batch(layout.size, 1 << 29)))
+        loader = source.loader("train", transform=views, shuffle=True, seed=config.seed, drop_last=True,
+                               batch_size=batch_size)
 
     def losses(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         values, mask, pos = (batch[k].to(device).flatten(0, 1) for k in (WEIGHTS, "mask", "positions"))  # [2B, W, …]
