@@ -18,6 +18,7 @@ Commands (every result lands in ``--out`` as JSON + markdown; rerunning a varian
     python benchmarks/bench_digits.py mixing --repo runs/hub --config digits_cnn_seed --epochs-filter 11-15 --out DIR
     python benchmarks/bench_digits.py coverage --repo runs/hub --config CONFIG --variant NAME --out DIR [--target T]
     python benchmarks/bench_digits.py copies --repo runs/hub --config digits_cnn_seed --epochs-filter 11-15 --out DIR
+    python benchmarks/bench_digits.py constant --repo runs/hub --config CONFIG --out DIR   # R² of the training mean
     python benchmarks/bench_digits.py table --out DIR          # the ablation / sampling table of DIR's JSONs
 
 Ablation variants are named entries of ``HYPERREP`` / ``SANE`` below (validation scores choose between
@@ -104,6 +105,7 @@ SANE: dict[str, SaneConfig] = {
     **seeded("gamma09_runs", SaneConfig(gamma=0.9, models_per_batch=4)),
     **seeded("runs", SaneConfig(models_per_batch=4)),
     **seeded("gamma05_runs", SaneConfig(gamma=0.5, models_per_batch=4)),
+    **seeded("gamma05_b32", SaneConfig(gamma=0.5, batch_size=32)),  # as many steps as whole runs on the hyp zoo
     "nonoise": SaneConfig(noise=0.0),
 }
 
@@ -319,6 +321,22 @@ def coverage(args: argparse.Namespace) -> None:
     print(json.dumps({k: v for k, v in record.items() if k != "r2"}, indent=1))
 
 
+def constant(args: argparse.Namespace) -> None:
+    """R² of predicting every numeric target by its training-split mean (no features) on validation and test:
+    what a probe that reads nothing scores, after the same cleaning and epochs as the bench."""
+    from sklearn.metrics import r2_score
+
+    source = ZooSource(args.repo, args.config, parse_epochs(args.epochs_filter), args.weight_threshold)
+    meta = {s: source.metadata(s) for s in SPLITS}
+    record = {"zoo": args.config, "epochs": args.epochs_filter, "r2": {
+        t: {s: r2_score(meta[s][t], np.full(len(meta[s][t]), np.mean(meta["train"][t]))) for s in SPLITS[1:]}
+        for t in ("test_acc", "ggap", "epoch", "lr", "weight_decay", "dropout")}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "constant.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps(record["r2"], indent=1))
+
+
 def bench(args: argparse.Namespace) -> None:
     baselines = [b for b in args.baselines.split(",") if b]
     results = run_bench(args.repo, args.config, baselines, args.out, device=args.device,
@@ -331,7 +349,7 @@ def bench(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("bench", "ablation", "sampling", "mixing", "copies", "coverage", "table"):
+    for name in ("bench", "ablation", "sampling", "mixing", "copies", "coverage", "constant", "table"):
         p = sub.add_parser(name)
         if name == "ablation":
             p.add_argument("kind", choices=("hyperrep", "sane"))
@@ -353,7 +371,7 @@ def main() -> None:
         elif name == "coverage":
             p.add_argument("--variant", default="default", choices=sorted(HYPERREP))
             p.add_argument("--target", default="test_acc", help="a numeric metadata column")
-        elif name not in ("mixing", "copies"):
+        elif name not in ("mixing", "copies", "constant"):
             p.add_argument("--variants", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -363,7 +381,7 @@ def main() -> None:
         ablation(args.kind, args)
     else:
         {"bench": bench, "sampling": sampling, "mixing": mixing, "copies": copies,
-         "coverage": coverage}[args.command](args)
+         "coverage": coverage, "constant": constant}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ OTHERS = ["optimizer", "lr", "init", "activation", "dropout"]  # what pairs two 
 
 
 def _sem(values: list[float]) -> float:
-    return float(np.std(values) / np.sqrt(len(values)))
+    return float(np.std(values, ddof=1) / np.sqrt(len(values)))
 
 
 def weight_decay_effect(repo: str, config: str, epoch: int) -> dict[str, Any]:
@@ -36,7 +36,10 @@ def weight_decay_effect(repo: str, config: str, epoch: int) -> dict[str, Any]:
         norms, meta = source.extract(split, lambda w: w.double().norm(dim=1, keepdim=True))
         parts.append(pd.DataFrame(meta).assign(log_norm=np.log(norms[:, 0])))
     m = pd.concat(parts, ignore_index=True)
-    low, high = sorted(m["weight_decay"].unique())
+    decays = sorted(m["weight_decay"].unique())
+    if len(decays) != 2:
+        raise ValueError(f"{config} has weight decays {decays}; this measurement pairs exactly two")
+    low, high = decays
     norm_diff, acc_diff, pair_std = [], [], []
     for _, pair in m.groupby(OTHERS):
         small, large = pair[pair.weight_decay == low], pair[pair.weight_decay == high]

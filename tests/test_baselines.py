@@ -28,7 +28,7 @@ from modelzoos.baselines.data import (
     removal_counts,
 )
 from modelzoos.baselines.features import STATISTICS, layer_statistics, stat_names
-from modelzoos.baselines.hyperrep import POOLINGS, HyperRepConfig, nt_xent, train_hyperrep
+from modelzoos.baselines.hyperrep import POOLINGS, HyperRepConfig, nt_xent, train_hyperrep, train_loader
 from modelzoos.baselines.probes import (
     LAMBDAS,
     STD_LAMBDAS,
@@ -442,6 +442,18 @@ def test_sane_can_train_on_whole_runs(source, monkeypatch):
     train = source.metadata("train")
     assert len(set(models)) == 2 and len(models) == sum(np.isin(train["model_id"], models))
     assert batches[0][WEIGHTS].shape[1:3] == (2, min(TINY_SANE.window, model.tokenizer.num_tokens))
+
+
+def test_training_batches_are_whole_runs_where_they_fit(repo, source):
+    rows_per_model = np.unique(source.metadata("train")["model_id"], return_counts=True)[1].max()
+    whole = next(iter(train_loader(source, 2, 16, None, seed=0)))[WEIGHTS]
+    assert len(whole) == 2 * rows_per_model
+    too_small = int(2 * rows_per_model - 1) * source.dim * 4  # bytes: one row short of two whole runs
+    with pytest.warns(UserWarning, match="shuffled rows"):
+        rows = train_loader(source, 2, 16, None, seed=0, max_bytes=too_small)
+    assert len(next(iter(rows))[WEIGHTS]) == min(16, 2 * rows_per_model - 1)  # within the byte budget too
+    streaming = ZooSource(repo, CONFIG, streaming=True, workers=0)  # cannot group rows: shuffled rows, silently
+    assert len(next(iter(train_loader(streaming, 2, 16, None, seed=0)))[WEIGHTS]) == 16
 
 
 def test_sampling_decodes_rebuilds_and_finetunes(source, hyperrep):

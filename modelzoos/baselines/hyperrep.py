@@ -36,6 +36,7 @@ give R21's recipe back.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -46,7 +47,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from modelzoos.architectures import get_architecture
-from modelzoos.baselines.data import LayerStats, ZooSource, epochs
+from modelzoos.baselines.data import LayerStats, ZooSource, epochs, rows_per_batch
 from modelzoos.loading import WEIGHTS
 from modelzoos.transforms import (
     Compose,
@@ -209,6 +210,24 @@ def train_batch_size(source: ZooSource, wanted: int) -> int:
     return max(2, min(wanted, rows))
 
 
+def train_loader(source: ZooSource, models_per_batch: int, batch_size: int, transform: Callable | None, seed: int,
+                 max_bytes: int = 1 << 29) -> torch.utils.data.DataLoader:
+    """The training batches of a learned baseline: ``models_per_batch`` whole runs (every stored epoch of that
+    many models, ``ZooSource.model_batches``) on map-style sources, else (``models_per_batch`` 0, or a
+    streaming source, which cannot group rows) shuffled rows, ``batch_size`` at most and ≤ ``max_bytes`` of
+    float32 weights per batch. Whole runs over ``max_bytes`` fall back to shuffled rows, with a warning."""
+    if models_per_batch > 0 and not source.streaming:
+        train_batch_size(source, 2)
+        rows = int(np.unique(source.metadata("train")["model_id"], return_counts=True)[1].max()) * models_per_batch
+        if rows * source.dim * 4 <= max_bytes:
+            return source.model_batches("train", models_per_batch, transform=transform, seed=seed)
+        warnings.warn(f"batches of {models_per_batch} whole runs would hold {rows} rows of {source.dim:,} weights "
+                      f"({rows * source.dim * 4 / 2**30:.1f} GiB); training on shuffled rows instead (set "
+                      "models_per_batch=0 to silence this, or store fewer epochs per model)", stacklevel=3)
+    batch_size = int(min(train_batch_size(source, batch_size), max(2, rows_per_batch(source.dim, max_bytes))))
+    return source.loader("train", transform=transform, shuffle=True, seed=seed, drop_last=True, batch_size=batch_size)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The autoencoder
 # ---------------------------------------------------------------------------------------------------------
@@ -254,8 +273,8 @@ class HyperRepAE(nn.Module):
         if config.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {config.pooling!r}")
         self.pool, per_layer = POOLINGS[config.pooling]
-        self.layers = len(fan_in)
-        self.to_latent = nn.Linear(d if per_layer is None else per_layer * self.layers * d, config.latent)
+        self.weight_layers = len(fan_in)
+        self.to_latent = nn.Linear(d if per_layer is None else per_layer * self.weight_layers * d, config.latent)
         self.from_latent = nn.Linear(config.latent, t * d)
         self.dec_positions = nn.Parameter(torch.randn(1, t, d) * 0.02)
         self.decoder = _blocks(config)
@@ -269,7 +288,7 @@ class HyperRepAE(nn.Module):
         x = self.embed(tokens)
         x = torch.cat([self.compression.expand(len(x), -1, -1), x], dim=1) + self.enc_positions
         x = self.encoder(x)
-        return torch.tanh(self.to_latent(self.pool(x, self.embed.layer, self.layers)))
+        return torch.tanh(self.to_latent(self.pool(x, self.embed.layer, self.weight_layers)))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         x = self.from_latent(z).view(len(z), *self.shape) + self.dec_positions
@@ -320,12 +339,7 @@ def train_hyperrep(source: ZooSource, config: HyperRepConfig = HyperRepConfig(),
     spec = PermutationSpec.of(source.layout, zoo.architecture)
     views = TwoViews(Permutation(spec, config.permutations, config.seed) if config.permutations else None,
                      Compose([RandomErasing(config.erase_p, config.erase_scale), GaussianNoise(config.noise)]))
-    if config.models_per_batch > 0 and not source.streaming:
-        loader = source.model_batches("train", config.models_per_batch, transform=views, seed=config.seed)
-        train_batch_size(source, 2)  # at least 2 rows in all
-    else:
-        loader = source.loader("train", transform=views, shuffle=True, seed=config.seed, drop_last=True,
-                               batch_size=train_batch_size(source, config.batch_size))
+    loader = train_loader(source, config.models_per_batch, config.batch_size, views, config.seed)
 
     def losses(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         w = stats.standardize(batch[WEIGHTS].to(device))  # [B, 4, D]

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelzoos.baselines.data import LayerStats, ZooSource, rows_per_batch
-from modelzoos.baselines.hyperrep import layer_sums, masked_mse, moments, nt_xent, train_batch_size, train_loop
+from modelzoos.baselines.data import LayerStats, ZooSource
+from modelzoos.baselines.hyperrep import layer_sums, masked_mse, moments, nt_xent, train_loader, train_loop
 from modelzoos.loading import WEIGHTS
 from modelzoos.transforms import (
     GaussianNoise,
@@ -70,7 +70,8 @@ class SaneConfig:
     permutations: int = 1000  # precomputed table (long rows: drawn on the fly)
     epochs: int = 40
     batch_size: int = 64
-    models_per_batch: int = 0  # batches of whole runs, as the hyper-representation's; 0: shuffled rows (SANE)
+    models_per_batch: int = 0  # batches of whole runs, as the hyper-representation's (small models, map-style
+    # sources; hyperrep.train_loader); 0: shuffled rows (SANE)
     lr: float = 1e-3
     weight_decay: float = 3e-9
     stats_rows: int = 512  # training rows used for the per-layer standardisation
@@ -187,12 +188,7 @@ def train_sane(source: ZooSource, config: SaneConfig = SaneConfig(), *, device: 
     views = WindowViews(tokenizer, Permutation(PermutationSpec.of(layout, zoo.architecture), table, config.seed),
                         GaussianNoise(config.noise, multiplicative=True), RandomWindow(window))
     model = SaneAE(tokenizer, config, window).to(device)
-    if config.models_per_batch > 0 and not source.streaming:
-        loader = source.model_batches("train", config.models_per_batch, transform=views, seed=config.seed)
-    else:
-        batch_size = min(train_batch_size(source, config.batch_size), max(2, rows_per_batch(layout.size, 1 << 29)))
-        loader = source.loader("train", transform=views, shuffle=True, seed=config.seed, drop_last=True,
-                               batch_size=batch_size)
+    loader = train_loader(source, config.models_per_batch, config.batch_size, views, config.seed)
 
     def losses(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         values, mask, pos = (batch[k].to(device).flatten(0, 1) for k in (WEIGHTS, "mask", "positions"))  # [2B, W, …]
