@@ -42,7 +42,7 @@ from modelzoos.baselines.bench import markdown, run_bench, sampling_table
 from modelzoos.baselines.data import ZooSource, parse_threshold
 from modelzoos.baselines.features import layer_statistics, stat_names
 from modelzoos.baselines.hyperrep import HyperRepConfig, train_hyperrep
-from modelzoos.baselines.probes import standardized_ridge_probe
+from modelzoos.baselines.probes import r2_score, standardized_ridge_probe
 from modelzoos.baselines.sampling import SamplingConfig, anchors, kde_sample
 from modelzoos.baselines.sane import SaneConfig
 from modelzoos.cli import parse_epochs
@@ -324,8 +324,6 @@ def coverage(args: argparse.Namespace) -> None:
 def constant(args: argparse.Namespace) -> None:
     """R² of predicting every numeric target by its training-split mean (no features) on validation and test:
     what a probe that reads nothing scores, after the same cleaning and epochs as the bench."""
-    from sklearn.metrics import r2_score
-
     source = ZooSource(args.repo, args.config, parse_epochs(args.epochs_filter), args.weight_threshold)
     meta = {s: source.metadata(s) for s in SPLITS}
     record = {"zoo": args.config, "epochs": args.epochs_filter, "r2": {

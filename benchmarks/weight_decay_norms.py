@@ -28,14 +28,19 @@ def _sem(values: list[float]) -> float:
     return float(np.std(values, ddof=1) / np.sqrt(len(values)))
 
 
-def weight_decay_effect(repo: str, config: str, epoch: int) -> dict[str, Any]:
-    """Paired effect of the smaller vs the larger weight decay at one epoch (log norm, test accuracy)."""
-    source = ZooSource(repo, config, (epoch,))
+def states(repo: str, config: str, epochs: tuple[int, ...]) -> pd.DataFrame:
+    """Metadata and log weight norm of every kept state of ``epochs``, all splits (one pass each)."""
+    source = ZooSource(repo, config, epochs)
     parts = []
     for split in SPLITS:
         norms, meta = source.extract(split, lambda w: w.double().norm(dim=1, keepdim=True))
         parts.append(pd.DataFrame(meta).assign(log_norm=np.log(norms[:, 0])))
-    m = pd.concat(parts, ignore_index=True)
+    return pd.concat(parts, ignore_index=True)
+
+
+def weight_decay_effect(m: pd.DataFrame, config: str) -> dict[str, Any]:
+    """Paired effect of the smaller vs the larger weight decay among the states ``m`` of one epoch (log norm,
+    test accuracy)."""
     decays = sorted(m["weight_decay"].unique())
     if len(decays) != 2:
         raise ValueError(f"{config} has weight decays {decays}; this measurement pairs exactly two")
@@ -47,7 +52,7 @@ def weight_decay_effect(repo: str, config: str, epoch: int) -> dict[str, Any]:
             norm_diff.append(small.log_norm.mean() - large.log_norm.mean())
             acc_diff.append(small.test_acc.mean() - large.test_acc.mean())
             pair_std.append(pair.log_norm.std())
-    return {"epoch": epoch, "weight_decays": [float(low), float(high)], "pairs": len(norm_diff),
+    return {"epoch": int(m["epoch"].iloc[0]), "weight_decays": [float(low), float(high)], "pairs": len(norm_diff),
             "log_norm_diff": float(np.mean(norm_diff)), "log_norm_diff_sem": _sem(norm_diff),
             "log_norm_std_within_pair_median": float(np.median(pair_std)),
             "log_norm_std_all_models": float(m.log_norm.std()),
@@ -61,7 +66,9 @@ def main() -> None:
     parser.add_argument("--epochs", default="0,10,30")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    records = [weight_decay_effect(args.repo, args.config, int(e)) for e in args.epochs.split(",")]
+    epochs = tuple(int(e) for e in args.epochs.split(","))
+    m = states(args.repo, args.config, epochs)
+    records = [weight_decay_effect(m[m["epoch"] == e], args.config) for e in epochs]
     Path(args.out).write_text(json.dumps({"zoo": args.config, "by_epoch": records}, indent=1) + "\n")
     for r in records:
         print(json.dumps(r))
