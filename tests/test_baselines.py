@@ -26,6 +26,7 @@ from modelzoos.baselines.data import (
     layer_ids,
     parse_threshold,
     removal_counts,
+    tensor_ids,
 )
 from modelzoos.baselines.features import STATISTICS, layer_statistics, stat_names
 from modelzoos.baselines.hyperrep import POOLINGS, HyperRepConfig, nt_xent, train_hyperrep, train_loader
@@ -119,10 +120,16 @@ def test_per_tensor_stats_standardise_each_tensor(source):
         part = z[:, entry.offset : entry.offset + entry.numel]
         assert abs(part.mean().item()) < 1e-4 and part.std(unbiased=False).item() == pytest.approx(1, abs=1e-3)
     torch.testing.assert_close(per_tensor.restore(per_tensor.standardize(weights)), weights, atol=1e-5, rtol=1e-5)
-    tokens = chunk_tokens(source.layout, 64).tokenize(weights[:2])
-    with pytest.raises(ValueError, match="per layer"):
-        per_tensor.standardize_tokens(torch.as_tensor(tokens.values), torch.as_tensor(tokens.positions[..., 1]),
-                                      torch.as_tensor(tokens.mask))
+    tokenizer = chunk_tokens(source.layout, 64)  # tokens (SANE's) are standardised entry by entry, either way
+    tokens = tokenizer.tokenize(weights[:2])
+    for stats in (per_layer, per_tensor):
+        expected = tokenizer.tokenize(stats.standardize(weights[:2])).values
+        got = stats.standardize_tokens(tokens.values, stats.token_groups(tokenizer), tokens.mask)
+        torch.testing.assert_close(got, expected)
+    assert torch.equal(LayerStats.of(source, "tensor").ids, per_tensor.ids)
+    assert torch.equal(LayerStats.of(source, "layer").ids, per_layer.ids)
+    with pytest.raises(ValueError, match="normalisation must be one of tensor, layer, none"):
+        LayerStats.of(source, "global")
 
 
 def test_model_batches_hold_whole_runs(source):
@@ -377,7 +384,8 @@ def test_hyperrep_r21_variant_compression_token_and_shuffled_rows(source):
     config = replace(TINY_HYPERREP, pooling="token", models_per_batch=0, normalisation="layer", erase_p=0.5,
                      noise=0.01, epochs=3)
     rep = train_hyperrep(source, config, progress=False)
-    assert rep.history[-1]["loss"] < rep.history[0]["loss"] and not rep.stats.per_tensor
+    assert rep.history[-1]["loss"] < rep.history[0]["loss"]
+    assert torch.equal(rep.stats.ids, torch.from_numpy(layer_ids(source.layout)))  # per layer
     assert rep.embed(next(iter(source.loader("test")))[WEIGHTS]).shape[1] == TINY_HYPERREP.latent
     with pytest.raises(ValueError, match="pooling"):
         train_hyperrep(source, replace(config, pooling="max"), progress=False)
@@ -404,12 +412,13 @@ def test_sane_moments_embedding_is_per_layer_statistics_of_the_token_latents(sou
     model = train_sane(source, replace(TINY_SANE, epochs=1), progress=False)
     weights = next(iter(source.loader("test")))[WEIGHTS][:3]
     tokens = model.tokenizer.tokenize(weights)
-    values, pos = model.stats.standardize_tokens(tokens.values, tokens.positions[..., 1], tokens.mask), tokens.positions
+    groups = model.stats.token_groups(model.tokenizer)
+    values, pos = model.stats.standardize_tokens(tokens.values, groups, tokens.mask), tokens.positions
     window = replace(model.config, embed_window=7, embedding="mean")  # 7 tokens per pass: sums accumulate
     with torch.no_grad():
         latents = torch.cat([model.model.encode(values[:, i : i + 7], pos[:, i : i + 7])
                              for i in range(0, values.shape[1], 7)], 1)  # [B, T, latent]
-    layer = torch.as_tensor(model.tokenizer.positions[:, 1])
+    layer = torch.tensor(model.tokenizer.positions[:, 1])
     layers = int(layer.max()) + 1
     mean = replace(model, config=window).embed(weights)
     torch.testing.assert_close(mean, latents.mean(1))
@@ -420,6 +429,17 @@ def test_sane_moments_embedding_is_per_layer_statistics_of_the_token_latents(sou
         torch.testing.assert_close(got[:, i, 1], latents[:, layer == i].std(1, unbiased=False), atol=1e-4, rtol=1e-3)
     with pytest.raises(ValueError, match="embedding"):
         train_sane(source, replace(TINY_SANE, embedding="max"), progress=False)
+
+
+def test_sane_per_tensor_normalisation_standardises_a_bias_apart_from_its_weight(source):
+    model = train_sane(source, replace(TINY_SANE, normalisation="tensor", epochs=2, embedding="mean"), progress=False)
+    assert torch.equal(model.stats.ids, torch.from_numpy(tensor_ids(source.layout)))
+    assert np.isfinite([h["loss"] for h in model.history]).all()
+    weights = next(iter(source.loader("test")))[WEIGHTS][:3]
+    tokens = model.tokenizer.tokenize(model.stats.standardize(weights))  # standardised before tokenising
+    with torch.no_grad():
+        latents = model.model.encode(tokens.values, torch.as_tensor(tokens.positions))
+    torch.testing.assert_close(model.embed(weights), latents.mean(1))
 
 
 def test_sane_can_train_on_whole_runs(source, monkeypatch):

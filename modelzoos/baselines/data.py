@@ -16,12 +16,11 @@ workers over the Arrow cache: the kept rows are selected by index) or streaming
 ``transforms.Augment`` for transforms. Nothing holds more than one batch of weights at a time, except
 what a caller keeps (features, raw-weight matrices of small CNNs).
 
-``LayerStats`` standardises weights per layer (mean and std of a layer's weights and biases, pooled over
-training rows, std floored at 1e-4 as in R22's loss normalisation). Its layers are SANE's: a weight with
-its bias is one layer, every other tensor (BatchNorm running mean / var) its own, which are exactly the
-layer ids (``positions[..., 1]``) of ``transforms.chunk_tokens``. With ``per_tensor=True`` every parameter
-tensor gets its own mean and std (a bias apart from its weight; ``tensor_ids``), which the
-hyper-representation uses.
+``LayerStats`` standardises weights per group (``LayerStats.of``, one of ``NORMALISATIONS``; mean and std
+pooled over training rows, std floored at 1e-4 as in R22's loss normalisation): ``"layer"``, SANE's layers
+(a weight with its bias is one layer, every other tensor, e.g. BatchNorm running mean / var, its own, which
+are exactly the layer ids ``positions[..., 1]`` of ``transforms.chunk_tokens``); ``"tensor"``, every
+parameter tensor its own (a bias apart from its weight; ``tensor_ids``); ``"none"``, no standardisation.
 
 ``ZooSource.model_batches`` gives training batches made of whole training runs (every stored epoch of a
 few models), the hyper-representation's default (see ``hyperrep``).
@@ -51,6 +50,7 @@ from modelzoos.loading import (
     load_zoo,
 )
 from modelzoos.repository import SPLITS
+from modelzoos.transforms import Tokenizer
 
 # Metadata columns a baseline may use as targets or for selection (docs/hub_format.md).
 META = ("model_id", "epoch", "seed", "init", "activation", "optimizer", "lr", "weight_decay", "dropout",
@@ -360,15 +360,26 @@ def tensor_ids(layout: Layout) -> np.ndarray:
     return np.repeat(np.arange(len(layout.entries)), [e.numel for e in layout.entries])
 
 
+NORMALISATIONS = ("tensor", "layer", "none")  # LayerStats groups: per tensor, per layer, no standardisation
+
+
 @dataclass(frozen=True)
 class LayerStats:
-    """Mean and std per layer (``layer_ids``) or per tensor (``tensor_ids``) of the training weights;
-    standardise flat vectors, or tokens (per layer only)."""
+    """Mean and std per group (layer: ``layer_ids``, or tensor: ``tensor_ids``) of the training weights;
+    standardise flat vectors, or tokens."""
 
     mean: torch.Tensor  # float32 [groups]
     std: torch.Tensor  # float32 [groups], ≥ STD_FLOOR
     ids: torch.Tensor  # int64 [D]: group (layer or tensor) of every flat entry
-    per_tensor: bool = False
+
+    @classmethod
+    def of(cls, source: ZooSource, normalisation: str, max_rows: int | None = None) -> LayerStats:
+        """The statistics of one of ``NORMALISATIONS`` (``fit`` per tensor or per layer, or ``identity``)."""
+        if normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation must be one of {', '.join(NORMALISATIONS)}, got {normalisation!r}")
+        if normalisation == "none":
+            return cls.identity(source.layout)
+        return cls.fit(source, max_rows=max_rows, per_tensor=normalisation == "tensor")
 
     @classmethod
     def fit(cls, source: ZooSource, split: str = "train", max_rows: int | None = None, *,
@@ -388,28 +399,33 @@ class LayerStats:
         mean = total / count
         std = np.maximum(np.sqrt(np.maximum(squares / count - mean**2, 0.0)), STD_FLOOR)
         as32 = torch.float32
-        return cls(torch.tensor(mean, dtype=as32), torch.tensor(std, dtype=as32), torch.from_numpy(ids), per_tensor)
+        return cls(torch.tensor(mean, dtype=as32), torch.tensor(std, dtype=as32), torch.from_numpy(ids))
 
     @classmethod
     def identity(cls, layout: Layout) -> LayerStats:
         """Mean 0 and std 1 for every tensor: ``standardize`` leaves weights as they are (no normalisation)."""
         ids = tensor_ids(layout)
         groups = int(ids.max()) + 1
-        return cls(torch.zeros(groups), torch.ones(groups), torch.from_numpy(ids), per_tensor=True)
+        return cls(torch.zeros(groups), torch.ones(groups), torch.from_numpy(ids))
 
     def to(self, device: str | torch.device) -> LayerStats:
-        return LayerStats(self.mean.to(device), self.std.to(device), self.ids.to(device), self.per_tensor)
+        return LayerStats(self.mean.to(device), self.std.to(device), self.ids.to(device))
 
     def standardize(self, flat: torch.Tensor) -> torch.Tensor:
-        """[..., D] → (w − μ_l) / σ_l."""
+        """[..., D] → (w − μ_g) / σ_g."""
         return (flat - self.mean[self.ids]) / self.std[self.ids]
 
     def restore(self, flat: torch.Tensor) -> torch.Tensor:
         """Inverse of ``standardize``."""
         return flat * self.std[self.ids] + self.mean[self.ids]
 
-    def standardize_tokens(self, values: torch.Tensor, layers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Token values [..., T, L] of layers [..., T] → standardised, padding kept at zero."""
-        if self.per_tensor:
-            raise ValueError("tokens are standardised per layer: fit LayerStats with per_tensor=False")
-        return (values - self.mean[layers][..., None]) / self.std[layers][..., None] * mask
+    def token_groups(self, tokenizer: Tokenizer) -> torch.Tensor:
+        """int32 [T, L] on the statistics' device: the group of every token entry (padding: group 0)."""
+        index = torch.tensor(tokenizer.index, device=self.ids.device)
+        return torch.cat([self.ids, self.ids.new_zeros(1)])[index].int()
+
+    def standardize_tokens(self, values: torch.Tensor, groups: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Token values [..., T, L] and the group of every entry [..., T, L] (``token_groups`` at the tokens'
+        global positions) → ``standardize`` of every entry, padding kept at zero."""
+        groups = groups.long()
+        return (values - self.mean[groups]) / self.std[groups] * mask

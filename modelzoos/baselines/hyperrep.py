@@ -59,8 +59,6 @@ from modelzoos.transforms import (
     tokens_per_neuron,
 )
 
-NORMALISATIONS = ("tensor", "layer", "none")
-
 
 def _mean(x: torch.Tensor, layer: torch.Tensor, layers: int) -> torch.Tensor:
     return x[:, 1:].mean(1)
@@ -91,9 +89,10 @@ def _moments(x: torch.Tensor, layer: torch.Tensor, layers: int) -> torch.Tensor:
 
 def _extremes(x: torch.Tensor, layer: torch.Tensor, layers: int) -> torch.Tensor:
     """``_moments`` and, per layer, the min and max over its neuron tokens' outputs: [B, 4 · layers · d]."""
-    per_layer = [x[:, 1:][:, layer == i] for i in range(layers)]
+    outside = (F.one_hot(layer, layers) == 0)[None, :, :, None]  # [1, T, layers, 1]: token not in the layer
+    tokens = x[:, 1:, None, :]  # [B, T, 1, d]
     return torch.cat([_moments(x, layer, layers).view(len(x), layers, -1),
-                      torch.stack([t.amin(1) for t in per_layer], 1), torch.stack([t.amax(1) for t in per_layer], 1)],
+                      tokens.masked_fill(outside, math.inf).amin(1), tokens.masked_fill(outside, -math.inf).amax(1)],
                      dim=2).flatten(1)
 
 
@@ -331,10 +330,7 @@ def train_hyperrep(source: ZooSource, config: HyperRepConfig = HyperRepConfig(),
     device = torch.device(device)
     torch.manual_seed(config.seed)
     tokenizer = tokens_per_neuron(source.layout)
-    if config.normalisation not in NORMALISATIONS:
-        raise ValueError(f"normalisation must be one of {', '.join(NORMALISATIONS)}, got {config.normalisation!r}")
-    stats = (LayerStats.identity(source.layout) if config.normalisation == "none" else
-             LayerStats.fit(source, per_tensor=config.normalisation == "tensor")).to(device)
+    stats = LayerStats.of(source, config.normalisation).to(device)
     model = HyperRepAE(tokenizer, config).to(device)
     spec = PermutationSpec.of(source.layout, zoo.architecture)
     views = TwoViews(Permutation(spec, config.permutations, config.seed) if config.permutations else None,

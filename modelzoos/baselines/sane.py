@@ -10,11 +10,15 @@ Pipeline (SANE 2024; docs/baselines.md), scaled down for CPUs:
   flatten the window's latents → Linear → 30 → LayerNorm → ReLU → Linear → 30 → LayerNorm → ReLU;
 - training on random windows (``transforms.RandomWindow``, the same window for both views, cut in the
   DataLoader workers, so a ResNet-18 row of 11M floats travels as two windows of ``window`` tokens):
-  γ · NT-Xent + (1 − γ) · masked MSE with γ = 0.05; views = a random permutation and multiplicative
-  noise w · (1 + 0.1 ε) each; as in SANE the target is the view itself; batches of shuffled rows, or with
-  ``models_per_batch`` of whole training runs (``ZooSource.model_batches``, the hyper-representation's);
-- standardisation: per layer (``data.LayerStats``, the same layers as the tokens), on a subset of the
-  training rows (``stats_rows``), streaming-friendly instead of SANE's full dataset pass;
+  γ · NT-Xent + (1 − γ) · masked MSE with γ = 0.5 (SANE: 0.05); views = a random permutation and
+  multiplicative noise w · (1 + 0.1 ε) each; as in SANE the target is the view itself; batches of
+  ``models_per_batch`` whole training runs (``hyperrep.train_loader``, the hyper-representation's: every
+  stored epoch of 4 models, so most NT-Xent negatives are other epochs of the same run; where they exceed
+  its byte budget, or ``models_per_batch=0``, SANE's shuffled rows);
+- standardisation: per tensor (``normalisation="tensor"``, a bias apart from its weight, as the
+  hyper-representation's) or per layer (``"layer"``, SANE's: ``data.LayerStats``, the same layers as the
+  tokens), on a subset of the training rows (``stats_rows``), streaming-friendly instead of SANE's full
+  dataset pass;
 - model embedding = per layer, the mean and std of its token latents (``embedding="moments"``, default, as
   the hyper-representation's pooling), or SANE's mean of all token latents of the whole sequence
   (``"mean"``), encoded ``embed_window`` consecutive tokens at a time (bounded memory for long models):
@@ -22,9 +26,12 @@ Pipeline (SANE 2024; docs/baselines.md), scaled down for CPUs:
 
 Deviations: no re-basin alignment to a reference model (permutation augmentation instead, which SANE's
 released configs effectively switch off: both of their views are the aligned model); Adam at a constant
-lr instead of AdamW + OneCycle; far smaller model (d_model 64 vs 1024); the per-layer moments embedding
-(chosen on validation over three seeds on both digits zoos, BENCHMARKS.md: the mean of 48 token latents loses
-the within-layer spreads that s(W) relies on).
+lr instead of AdamW + OneCycle; far smaller model (d_model 64 vs 1024); and four defaults chosen on
+validation over three seeds on the digits zoos (BENCHMARKS.md): the per-layer moments embedding (the mean of
+48 token latents loses the within-layer spreads that s(W) relies on), per-tensor statistics (biases start at
+0 and carry much of the training state, which a layer's statistics bury under its weights' scale), γ 0.5 and
+whole-run batches. ``normalisation="layer"``, ``gamma=0.05``, ``models_per_batch=0`` and ``embedding="mean"``
+give SANE's recipe back.
 """
 
 from __future__ import annotations
@@ -64,17 +71,18 @@ class SaneConfig:
     layers: int = 2  # blocks in the encoder, and again in the decoder
     latent: int = 16  # per token
     projection: int = 30
-    gamma: float = 0.05
+    gamma: float = 0.5  # weight of NT-Xent (SANE: 0.05)
     temperature: float = 0.1
     noise: float = 0.1  # multiplicative σ
     permutations: int = 1000  # precomputed table (long rows: drawn on the fly)
     epochs: int = 40
     batch_size: int = 64
-    models_per_batch: int = 0  # batches of whole runs, as the hyper-representation's (small models, map-style
+    models_per_batch: int = 4  # batches of whole runs, as the hyper-representation's (small models, map-style
     # sources; hyperrep.train_loader); 0: shuffled rows (SANE)
     lr: float = 1e-3
     weight_decay: float = 3e-9
-    stats_rows: int = 512  # training rows used for the per-layer standardisation
+    normalisation: str = "tensor"  # data.NORMALISATIONS: standardisation groups, "tensor" or "layer" (SANE)
+    stats_rows: int = 512  # training rows used for the standardisation
     embed_window: int = 512  # tokens per encoder pass when embedding a whole model
     embedding: str = "moments"  # EMBEDDINGS: per-layer "moments" of the token latents, or their "mean" (SANE)
     seed: int = 42
@@ -161,12 +169,13 @@ class Sane:
         mean of all token latents, [B, 2 · layers · latent] for their per-layer moments."""
         self.model.eval()
         tokens = self.tokenizer.tokenize(weights.to(self.device))
+        groups = self.stats.token_groups(self.tokenizer)  # [T, L]
         layers = int(self.tokenizer.positions[:, 1].max()) + 1
         sums = None
         for start in range(0, self.tokenizer.num_tokens, self.config.embed_window):
             part = slice(start, start + self.config.embed_window)
             pos, mask = tokens.positions[..., part, :], tokens.mask[..., part, :]
-            values = self.stats.standardize_tokens(tokens.values[..., part, :], pos[..., 1], mask)
+            values = self.stats.standardize_tokens(tokens.values[..., part, :], groups[part], mask)
             chunk = layer_sums(self.model.encode(values, pos), pos[0, :, 1], layers)
             sums = chunk if sums is None else tuple(a + b for a, b in zip(sums, chunk, strict=True))
         return EMBEDDINGS[self.config.embedding](*sums).cpu()
@@ -183,7 +192,8 @@ def train_sane(source: ZooSource, config: SaneConfig = SaneConfig(), *, device: 
     longest = max(e.numel // e.shape[0] for e in layout.entries) + 1  # a row and its bias
     tokenizer = chunk_tokens(layout, config.token_size or min(longest, MAX_TOKEN))
     window = min(config.window, tokenizer.num_tokens)
-    stats = LayerStats.fit(source, max_rows=config.stats_rows).to(device)
+    stats = LayerStats.of(source, config.normalisation, max_rows=config.stats_rows).to(device)
+    groups = stats.token_groups(tokenizer)  # [T, L]: the standardisation group of every token entry
     table = config.permutations if layout.size <= TABLE_LIMIT else None
     views = WindowViews(tokenizer, Permutation(PermutationSpec.of(layout, zoo.architecture), table, config.seed),
                         GaussianNoise(config.noise, multiplicative=True), RandomWindow(window))
@@ -192,7 +202,7 @@ def train_sane(source: ZooSource, config: SaneConfig = SaneConfig(), *, device: 
 
     def losses(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         values, mask, pos = (batch[k].to(device).flatten(0, 1) for k in (WEIGHTS, "mask", "positions"))  # [2B, W, …]
-        values = stats.standardize_tokens(values, pos[..., 1], mask)
+        values = stats.standardize_tokens(values, groups[pos[..., 0]], mask)
         latents = model.encode(values, pos)
         rec = masked_mse(model.decode(latents, pos), values, mask)
         l1, l2 = latents.view(len(batch[WEIGHTS]), 2, -1).unbind(1)
