@@ -412,8 +412,7 @@ def test_sane_moments_embedding_is_per_layer_statistics_of_the_token_latents(sou
     model = train_sane(source, replace(TINY_SANE, epochs=1), progress=False)
     weights = next(iter(source.loader("test")))[WEIGHTS][:3]
     tokens = model.tokenizer.tokenize(weights)
-    groups = model.stats.token_groups(model.tokenizer)
-    values, pos = model.stats.standardize_tokens(tokens.values, groups, tokens.mask), tokens.positions
+    values, pos = model.stats.standardize_tokens(tokens.values, model.groups, tokens.mask), tokens.positions
     window = replace(model.config, embed_window=7, embedding="mean")  # 7 tokens per pass: sums accumulate
     with torch.no_grad():
         latents = torch.cat([model.model.encode(values[:, i : i + 7], pos[:, i : i + 7])

@@ -17,7 +17,8 @@ Pipeline (R21 and R22, docs/baselines.md), scaled down for CPUs:
 - views (``TwoViews``, run in DataLoader workers): a random function-preserving permutation each, then
   (off by default, R21's settings: ``erase_p=0.5``, ``noise=0``) random erasing and Gaussian noise;
 - batches: ``models_per_batch`` whole training runs (every stored epoch of 4 models, ``data.ModelBatches``),
-  so most in-batch negatives of NT-Xent are other epochs of the same run; ``models_per_batch=0`` gives
+  so a quarter of NT-Xent's in-batch negatives are other epochs of the same run (with shuffled rows ≈ 1 %),
+  and a run's epochs must be told apart by its training progress, not its init; ``models_per_batch=0`` gives
   R21's shuffled rows (and streaming sources, which cannot group rows, always get them).
 
 The reconstruction target is the *permuted* view without erasing and noise (R21 reconstructed the corrupted view

@@ -13,8 +13,9 @@ Pipeline (SANE 2024; docs/baselines.md), scaled down for CPUs:
   γ · NT-Xent + (1 − γ) · masked MSE with γ = 0.5 (SANE: 0.05); views = a random permutation and
   multiplicative noise w · (1 + 0.1 ε) each; as in SANE the target is the view itself; batches of
   ``models_per_batch`` whole training runs (``hyperrep.train_loader``, the hyper-representation's: every
-  stored epoch of 4 models, so most NT-Xent negatives are other epochs of the same run; where they exceed
-  its byte budget, or ``models_per_batch=0``, SANE's shuffled rows);
+  stored epoch of 4 models, so a quarter of NT-Xent's negatives are other epochs of the same run; where they
+  exceed its byte budget, on streaming sources, or with ``models_per_batch=0``, SANE's shuffled rows, for
+  which γ 0.5 was not measured with per-tensor statistics: set ``gamma=0.05`` there);
 - standardisation: per tensor (``normalisation="tensor"``, a bias apart from its weight, as the
   hyper-representation's) or per layer (``"layer"``, SANE's: ``data.LayerStats``, the same layers as the
   tokens), on a subset of the training rows (``stats_rows``), streaming-friendly instead of SANE's full
@@ -81,7 +82,7 @@ class SaneConfig:
     # sources; hyperrep.train_loader); 0: shuffled rows (SANE)
     lr: float = 1e-3
     weight_decay: float = 3e-9
-    normalisation: str = "tensor"  # data.NORMALISATIONS: standardisation groups, "tensor" or "layer" (SANE)
+    normalisation: str = "tensor"  # data.NORMALISATIONS: "tensor", "layer" (SANE) or "none"
     stats_rows: int = 512  # training rows used for the standardisation
     embed_window: int = 512  # tokens per encoder pass when embedding a whole model
     embedding: str = "moments"  # EMBEDDINGS: per-layer "moments" of the token latents, or their "mean" (SANE)
@@ -159,6 +160,7 @@ class Sane:
     model: SaneAE
     tokenizer: Tokenizer
     stats: LayerStats
+    groups: torch.Tensor = field(repr=False)  # int32 [T, L]: ``stats.token_groups(tokenizer)``
     config: SaneConfig
     history: list[dict[str, float]] = field(repr=False)
     device: torch.device
@@ -169,13 +171,12 @@ class Sane:
         mean of all token latents, [B, 2 · layers · latent] for their per-layer moments."""
         self.model.eval()
         tokens = self.tokenizer.tokenize(weights.to(self.device))
-        groups = self.stats.token_groups(self.tokenizer)  # [T, L]
         layers = int(self.tokenizer.positions[:, 1].max()) + 1
         sums = None
         for start in range(0, self.tokenizer.num_tokens, self.config.embed_window):
             part = slice(start, start + self.config.embed_window)
             pos, mask = tokens.positions[..., part, :], tokens.mask[..., part, :]
-            values = self.stats.standardize_tokens(tokens.values[..., part, :], groups[part], mask)
+            values = self.stats.standardize_tokens(tokens.values[..., part, :], self.groups[part], mask)
             chunk = layer_sums(self.model.encode(values, pos), pos[0, :, 1], layers)
             sums = chunk if sums is None else tuple(a + b for a, b in zip(sums, chunk, strict=True))
         return EMBEDDINGS[self.config.embedding](*sums).cpu()
@@ -210,4 +211,4 @@ def train_sane(source: ZooSource, config: SaneConfig = SaneConfig(), *, device: 
 
     history = train_loop(model, loader, losses, n_epochs=config.epochs, gamma=config.gamma, lr=config.lr,
                          weight_decay=config.weight_decay, progress=progress, desc="sane")
-    return Sane(model.eval(), tokenizer, stats, config, history, device)
+    return Sane(model.eval(), tokenizer, stats, groups, config, history, device)
