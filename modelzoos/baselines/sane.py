@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -160,10 +161,14 @@ class Sane:
     model: SaneAE
     tokenizer: Tokenizer
     stats: LayerStats
-    groups: torch.Tensor = field(repr=False)  # int32 [T, L]: ``stats.token_groups(tokenizer)``
     config: SaneConfig
     history: list[dict[str, float]] = field(repr=False)
     device: torch.device
+
+    @cached_property
+    def groups(self) -> torch.Tensor:
+        """int32 [T, L]: the standardisation group of every token entry (``LayerStats.token_groups``)."""
+        return self.stats.token_groups(self.tokenizer)
 
     @torch.no_grad()
     def embed(self, weights: torch.Tensor) -> torch.Tensor:
@@ -211,4 +216,4 @@ def train_sane(source: ZooSource, config: SaneConfig = SaneConfig(), *, device: 
 
     history = train_loop(model, loader, losses, n_epochs=config.epochs, gamma=config.gamma, lr=config.lr,
                          weight_decay=config.weight_decay, progress=progress, desc="sane")
-    return Sane(model.eval(), tokenizer, stats, groups, config, history, device)
+    return Sane(model.eval(), tokenizer, stats, config, history, device)
