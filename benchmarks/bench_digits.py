@@ -6,7 +6,8 @@ Zoos (generated once, built into one repository folder; commands in BENCHMARKS.m
 - hyperparameter zoo: ``benchmarks/digits_cnn_hyp_lr10.toml`` (the Hyp-10-rand grid with learning rates
   ×10), the first 256 models × epochs 0–30;
 - for sampling, seed zoos from the MNIST seed zoo's U[0, 1) init: ``benchmarks/digits_cnn_seed_u.toml``
-  (100 models × epochs 0–15) and ``benchmarks/digits_cnn_seed_u_wd0.toml`` (100 models × epochs 0–40).
+  (100 models × epochs 0–15), ``benchmarks/digits_cnn_seed_u_wd0.toml`` (100 models × epochs 0–40) and
+  ``benchmarks/digits_cnn_seed_u_long.toml`` (the MNIST recipe, 60 models × epochs 0–800).
 
 Commands (every result lands in ``--out`` as JSON + markdown; rerunning a variant overwrites its file)::
 
@@ -130,6 +131,10 @@ SAMPLING: dict[str, SamplingConfig] = {
     "lwln": SamplingConfig(hyperrep=GENERATOR, epochs=LATE),
     "no_lwln": SamplingConfig(hyperrep=dataclasses.replace(GENERATOR, normalisation="none"), epochs=LATE),
     "permuted": SamplingConfig(hyperrep=dataclasses.replace(GENERATOR, permutations=1000), epochs=LATE),
+    # the same generator on the --epochs-filter epochs (another zoo's late epochs, e.g. 796-800 of the long zoo)
+    "lwln_filtered": SamplingConfig(hyperrep=GENERATOR),
+    # and fine-tuned for 40 epochs: 5,040 digits steps ≈ one MNIST epoch (5,000 steps, R22's "after 1 epoch")
+    "lwln_filtered_ft40": SamplingConfig(hyperrep=GENERATOR, finetune_epochs=40),
 }
 
 
@@ -230,14 +235,17 @@ def seed_zoo_accuracy(source: ZooSource) -> Callable[[np.ndarray], float]:
 def mixing(args: argparse.Namespace) -> None:
     """Can coordinates of good models be recombined? Per-dimension KDE (B_KDE30) of the top-30 % training
     states' weights, standardised per coordinate, in the stored and in a norm-sorted canonical form, and
-    the mean of those states; test accuracy of each."""
+    the mean of those states; test accuracy of each. ``mean_norm_share``: ‖mean of the anchors‖ ÷ mean of their
+    norms (1: every anchor the same vector; ≈ 0: independent zero-mean vectors)."""
     source = ZooSource(args.repo, args.config, parse_epochs(args.epochs_filter), args.weight_threshold)
     meta = source.metadata("train")
     rows = anchors(meta, 0.3)
     weights = source.weights("train", rows).numpy()
     accuracy = seed_zoo_accuracy(source)
     record: dict[str, Any] = {"zoo": args.config, "epochs": args.epochs_filter, "anchors": len(rows),
-                              "anchor_acc": [accuracy(w) for w in weights[: args.samples]]}
+                              "anchor_acc": [accuracy(w) for w in weights[: args.samples]],
+                              "mean_norm_share": float(np.linalg.norm(weights.mean(0))
+                                                       / np.linalg.norm(weights, axis=1).mean())}
     forms = {"stored": weights, "sorted": sorted_units(weights, PermutationSpec.of(source.layout, "cnn"))}
     record["sorted_anchor_acc"] = [accuracy(w) for w in forms["sorted"][: args.samples]]
     for name, form in forms.items():

@@ -1,14 +1,19 @@
 """The catalogue: totals, grids, seeds, name lookup and spec validation."""
 
+import dataclasses
 import itertools
 import json
+import math
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from modelzoos import catalogue
 from modelzoos.catalogue import SpecError, get_zoo, list_zoos, totals
+from modelzoos.data import load_image_data
 
 PUBLISHED = list_zoos(published=True)
 
@@ -209,3 +214,27 @@ def test_the_first_models_of_a_huge_zoo_need_no_enumeration(tmp_path):
     assert len(models) == 3_000_000 and zoo.num_models == 3_000_000
     assert [m.seed for m in models[:2]] == [1, 2] and models[2_999_999].seed == 3_000_000
     assert models._drawn.size == 0  # range seeds: nothing drawn, nothing enumerated
+
+
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize("path", sorted(BENCHMARKS.glob("*.toml")), ids=lambda p: p.name)
+def test_benchmark_specs_parse_under_their_file_names(path):
+    zoo = get_zoo(path)
+    assert zoo.name == path.stem
+    assert zoo.num_models >= 100
+
+
+def test_long_digits_zoo_is_the_mnist_seed_recipe_on_digits():
+    """benchmarks/digits_cnn_seed_u_long.toml: every model's hyperparameters are the MNIST seed zoo's (init
+    U[0, 1) included) but the epoch count, for ≥ 100,000 optimizer steps per model, and digits are normalised
+    by their own mean and std as MNIST by its own."""
+    long, mnist = get_zoo(BENCHMARKS / "digits_cnn_seed_u_long.toml"), get_zoo("mnist_cnn_seed")
+    assert all(dataclasses.replace(a, epochs=b.epochs) == b for a, b in zip(long.models()[:5], mnist.models()[:5],
+                                                                           strict=True))
+    data = load_image_data(long.data)
+    assert long.epochs * math.ceil(len(data.train.labels) / long.batch_size) >= 100_000
+    images = torch.cat([data.train.images, data.test.images])
+    assert abs(images.mean().item()) < 0.02 and abs(images.std().item() - 1) < 0.02
