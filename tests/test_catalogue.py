@@ -216,7 +216,6 @@ def test_the_first_models_of_a_huge_zoo_need_no_enumeration(tmp_path):
     assert models._drawn.size == 0  # range seeds: nothing drawn, nothing enumerated
 
 
-
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
 
